@@ -1,0 +1,30 @@
+"""Shared fixtures: a small generated sample, built once per test session."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory):
+  """A generated raw-img tree: 40 images per class."""
+  from tools import make_sample  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("sample")
+  make_sample.make_sample(str(out), make_sample.counts_for(40, False), seed=1)
+  return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(sample_dir, tmp_path_factory):
+  """The sample built with the real `tfds build` CLI, every config."""
+  data = tmp_path_factory.mktemp("tensorflow_datasets")
+  subprocess.run(
+      [os.path.join(os.path.dirname(sys.executable), "tfds"), "build",
+       "animals10_tfds", f"--manual_dir={sample_dir}", f"--data_dir={data}"],
+      cwd=REPO, check=True, capture_output=True)
+  return data

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The demo: generate a realistic Animals-10 sample, build it into TFRecords with
+# `tfds build`, train the study's base CNN on it and print its metrics row.
+# Everything goes to ./work (override with WORK=DIR).
+source "$(dirname "$0")/_venv.sh"
+work="${WORK:-$repo/work}"
+if [ ! -d "$work/manual/raw-img" ]; then
+  python -m tools.make_sample --out="$work/manual" --images_per_class="${IMAGES_PER_CLASS:-150}"
+fi
+tfds build animals10_tfds --manual_dir="$work/manual" --data_dir="$work/tensorflow_datasets"
+if [ -f trainers/main.py ]; then
+  python -m trainers.main --model=cnn2 --data_dir="$work/tensorflow_datasets" \
+    --model_dir="$work/runs/cnn2_demo" --epochs="${EPOCHS:-8}" --batch_size=32
+fi

@@ -1,0 +1,62 @@
+"""Callbacks whose state lives in the run folder, so a killed run resumes exactly."""
+
+import csv
+import io
+import json
+import os
+
+import keras
+
+from trainers import metrics as metrics_lib
+
+
+class HistoryCsv(keras.callbacks.Callback):
+  """Writes history.csv after every epoch; rows of epochs that are run again
+  after a resume replace the old ones instead of doubling them."""
+
+  def __init__(self, path: str, phase: str, epoch_offset: int = 0):
+    super().__init__()
+    self.path, self.phase, self.epoch_offset = path, phase, epoch_offset
+
+  def on_epoch_end(self, epoch, logs=None):
+    rows = read_history(self.path)
+    epoch = epoch + self.epoch_offset
+    rows = [row for row in rows if int(row["epoch"]) < epoch]
+    rows.append({"epoch": epoch, "phase": self.phase,
+                 **{key: float(value) for key, value in (logs or {}).items()}})
+    columns = []
+    for row in rows:
+      columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    metrics_lib.atomic_write(self.path, buffer.getvalue().encode())
+
+
+def read_history(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path, newline="") as file:
+    return list(csv.DictReader(file))
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+  """EarlyStopping whose counters survive a restart (kept in a JSON file)."""
+
+  def __init__(self, state_path: str, **kwargs):
+    super().__init__(**kwargs)
+    self.state_path = state_path
+
+  def on_train_begin(self, logs=None):
+    super().on_train_begin(logs)
+    if os.path.exists(self.state_path):
+      with open(self.state_path) as file:
+        state = json.load(file)
+      self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
+
+  def on_epoch_end(self, epoch, logs=None):
+    super().on_epoch_end(epoch, logs)
+    metrics_lib.write_json(self.state_path, {
+        "wait": self.wait, "best": None if self.best is None else float(self.best),
+        "best_epoch": self.best_epoch})

@@ -1,0 +1,219 @@
+"""The input pipeline: pure functions from a TFDS split to batches.
+
+Records are read undecoded (file-level interleave), filtered on their metadata,
+balanced, and only then decoded, straight to the target size with the cheapest
+exact JPEG path. Nothing here knows about flags or models; nothing is ever
+loaded into NumPy except labels and file names for balancing.
+"""
+
+import dataclasses
+import functools
+import hashlib
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+AUTOTUNE = tf.data.AUTOTUNE
+# Decoded images kept for shuffling in training (encoded records are shuffled
+# before decoding, so this is bytes of JPEG, about 8 kB each at 160 px).
+SHUFFLE_BUFFER = 8192
+
+
+class DatasetNotBuiltError(ValueError):
+  """The TFDS dataset is missing from data_dir."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Filters:
+  """Keep only records whose original file has these properties (empty: all)."""
+
+  formats: tuple[str, ...] = ()
+  modes: tuple[str, ...] = ()
+  orientations: tuple[str, ...] = ()
+
+
+def builder(dataset: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+  """The prepared builder, or a DatasetNotBuiltError that gives the command."""
+  import animals10_tfds  # pylint: disable=g-import-not-at-top,unused-import
+  dataset_builder = tfds.builder(dataset, data_dir=data_dir)
+  if not dataset_builder.is_prepared():
+    raise DatasetNotBuiltError(
+        f"{dataset} is not built in {dataset_builder.data_dir}: run `tfds build "
+        f"animals10_tfds --manual_dir=DOWNLOAD_DIR --data_dir={data_dir or '~/tensorflow_datasets'}` "
+        "from the repository root first.")
+  return dataset_builder
+
+
+def records(dataset_builder, split: str, filters: Filters = Filters(),
+            keep_names: Optional[Sequence[str]] = None,
+            input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+  """Undecoded, filtered records of a split, in a fixed order.
+
+  Args:
+    dataset_builder: from `builder`.
+    split: "train", "validation" or "test".
+    filters: metadata filters, applied before any decoding.
+    keep_names: if given, only records whose file_name is in it (balancing).
+    input_context: under multi-worker training, shards the files per worker.
+
+  Returns:
+    A dataset of record dicts whose "image" is the encoded JPEG.
+  """
+  read_config = tfds.ReadConfig(input_context=input_context, try_autocache=False)
+  dataset = dataset_builder.as_dataset(
+      split=split, shuffle_files=False, read_config=read_config,
+      decoders={"image": tfds.decode.SkipDecoding()})
+  for key, allowed in (("format", filters.formats), ("mode", filters.modes),
+                       ("orientation", filters.orientations)):
+    if allowed:
+      allowed_tensor = tf.constant(list(allowed))
+      dataset = dataset.filter(
+          lambda record, key=key, allowed=allowed_tensor: tf.reduce_any(
+              tf.equal(record[key], allowed)))
+  if keep_names is not None:
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(list(keep_names), tf.string),
+            tf.ones(len(keep_names), tf.int32)), default_value=0)
+    dataset = dataset.filter(lambda record: table.lookup(record["file_name"]) > 0)
+  return dataset
+
+
+def labels_and_names(dataset: tf.data.Dataset) -> tuple[np.ndarray, list[str]]:
+  """Labels and file names of `records(...)`, without decoding any image."""
+  labels, names = [], []
+  for label, name in dataset.map(lambda r: (r["label"], r["file_name"]),
+                                 num_parallel_calls=AUTOTUNE).as_numpy_iterator():
+    labels.append(label)
+    names.append(name.decode())
+  return np.asarray(labels, np.int64), names
+
+
+def undersample(labels: np.ndarray, names: Sequence[str], num_classes: int) -> list[str]:
+  """File names that keep every class at the smallest class's count.
+
+  Which files are kept follows a hash of the file name, not the read order, so it
+  is the same on every run and every worker.
+  """
+  counts = np.bincount(labels, minlength=num_classes)
+  present = counts[counts > 0]
+  smallest = int(present.min()) if present.size else 0
+  kept = []
+  for label in range(num_classes):
+    members = [name for name, value in zip(names, labels) if value == label]
+    members.sort(key=lambda name: hashlib.sha256(name.encode()).hexdigest())
+    kept.extend(members[:smallest])
+  return kept
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+  """Inverse-frequency weights (mean 1 over examples), as scikit-learn's 'balanced'."""
+  counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+  weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
+  return {label: float(weight) for label, weight in enumerate(weights)}
+
+
+def decode_and_resize(image_bytes: tf.Tensor, image_size: int, resize: str) -> tf.Tensor:
+  """Decodes a JPEG to image_size x image_size uint8, via DCT scaling when exact.
+
+  libjpeg can decode at 1/2, 1/4 or 1/8 scale for a fraction of the cost; a
+  ratio is used only when the scaled image is still at least the target size,
+  so no detail the output could show is lost.
+
+  Args:
+    image_bytes: encoded JPEG.
+    image_size: output side.
+    resize: "crop" (shorter side to image_size, centre crop, as the study) or
+      "stretch" (whole image squeezed to a square).
+
+  Returns:
+    uint8 tensor [image_size, image_size, 3].
+  """
+  shape = tf.image.extract_jpeg_shape(image_bytes)
+  shorter = tf.minimum(shape[0], shape[1])
+  ratios = (8, 4, 2, 1)
+
+  def decode(ratio):
+    return lambda: tf.io.decode_jpeg(image_bytes, channels=3, ratio=ratio,
+                                     dct_method="INTEGER_ACCURATE")
+
+  fits = [shorter // ratio >= image_size for ratio in ratios[:-1]] + [tf.constant(True)]
+  index = tf.argmax(tf.cast(tf.stack(fits), tf.int32), output_type=tf.int32)
+  image = tf.switch_case(index, [decode(ratio) for ratio in ratios])
+  if resize == "crop":
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    side = tf.minimum(height, width)
+    image = tf.image.crop_to_bounding_box(image, (height - side) // 2,
+                                          (width - side) // 2, side, side)
+  image = tf.image.resize(image, (image_size, image_size), antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def images(dataset: tf.data.Dataset, image_size: int, resize: str) -> tf.data.Dataset:
+  """(uint8 image, label) pairs from `records(...)`."""
+  return dataset.map(
+      lambda record: (decode_and_resize(record["image"], image_size, resize),
+                      record["label"]), num_parallel_calls=AUTOTUNE)
+
+
+def _to_float(image, label):
+  return tf.cast(image, tf.float32), label
+
+
+def training_batches(dataset: tf.data.Dataset, *, batch_size: int, seed: int,
+                     first_epoch: int, epochs: int, steps_per_epoch: int,
+                     cache_decoded: bool, image_size: int, resize: str,
+                     deterministic: bool) -> tf.data.Dataset:
+  """Batches for epochs [first_epoch, epochs), `steps_per_epoch` each.
+
+  Each epoch is a pass shuffled with a seed derived from (seed, epoch), so a run
+  resumed at epoch k sees exactly the batches an uninterrupted run would.
+
+  Args:
+    dataset: `records(...)` of the training split.
+    batch_size: global batch size; the last partial batch is dropped.
+    seed: run seed.
+    first_epoch: epoch to start from (resume).
+    epochs: total epochs.
+    steps_per_epoch: batches per epoch (at most one pass).
+    cache_decoded: decode once and keep the uint8 images in memory.
+    image_size: output side.
+    resize: see `decode_and_resize`.
+    deterministic: keep element order fixed in parallel stages.
+
+  Returns:
+    A dataset of (float32 image batch in [0, 255], label batch).
+  """
+  if cache_decoded:
+    source = images(dataset, image_size, resize).cache()
+  else:
+    source = dataset
+
+  def epoch_pass(epoch):
+    shuffled = source.shuffle(SHUFFLE_BUFFER, seed=seed * 100_003 + epoch,
+                              reshuffle_each_iteration=False)
+    if not cache_decoded:
+      shuffled = images(shuffled, image_size, resize)
+    return shuffled.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
+
+  # One dataset per epoch (the shuffle seed must be a Python int), chained.
+  passes = [epoch_pass(epoch) for epoch in range(first_epoch, epochs)]
+  batches = functools.reduce(lambda first, second: first.concatenate(second), passes)
+  return _finish(batches.map(_to_float, num_parallel_calls=AUTOTUNE), deterministic)
+
+
+def eval_batches(dataset: tf.data.Dataset, *, batch_size: int, image_size: int,
+                 resize: str, cache_decoded: bool = False) -> tf.data.Dataset:
+  """Batches of a whole split in its fixed order (the last one may be partial)."""
+  batches = images(dataset, image_size, resize)
+  if cache_decoded:
+    batches = batches.cache()
+  return _finish(batches.batch(batch_size).map(_to_float), deterministic=True)
+
+
+def _finish(dataset: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  return dataset.with_options(options).prefetch(AUTOTUNE)

@@ -1,0 +1,110 @@
+r"""Trains one model of the study on the animals10_tfds dataset.
+
+    python -m trainers.main --model=dn121 --fine_tune \
+        --data_dir=work/tensorflow_datasets --model_dir=work/runs/dn121
+
+Every flag lives here; they become one frozen `Config` for `train_and_evaluate`.
+The run folder gets `flags.txt`, which reruns (or resumes) it with `--flagfile`.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from trainers import config as config_lib
+from trainers import models
+
+_MODEL = flags.DEFINE_enum("model", None, list(models.REGISTRY), "Model to train.")
+_DATASET = flags.DEFINE_string("dataset", "animals10_tfds/160px", "TFDS name/config.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run folder (created; resumed if present).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 100, "Input side in pixels.")
+_RESIZE = flags.DEFINE_enum("resize", "crop", config_lib.RESIZE_MODES,
+                            "crop: shorter side to size, centre crop; stretch: squeeze.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 24, "Global batch size.")
+_EPOCHS = flags.DEFINE_integer("epochs", 10, "Epochs of the first (frozen) phase.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
+_PATIENCE = flags.DEFINE_integer("early_stopping_patience", 0,
+                                 "Stop after this many epochs without val_loss gain; 0: off.")
+_AUGMENT = flags.DEFINE_bool("augment", False, "Flips, rotations, zoom, contrast in the model.")
+_BALANCE = flags.DEFINE_enum("balance", "none", config_lib.BALANCE_MODES,
+                             "undersample: cut every class to the smallest (every split); "
+                             "class_weight: weight the loss.")
+_KEEP_FORMATS = flags.DEFINE_list("keep_formats", [], "Keep only these original formats (JPEG).")
+_KEEP_MODES = flags.DEFINE_list("keep_modes", [], "Keep only these original modes (RGB).")
+_KEEP_ORIENTATIONS = flags.DEFINE_list("keep_orientations", [],
+                                       "Keep only landscape/portrait/squared.")
+_FINE_TUNE = flags.DEFINE_bool("fine_tune", False, "Second phase: unfreeze the backbone top.")
+_FINE_TUNE_EPOCHS = flags.DEFINE_integer("fine_tune_epochs", 5, "Epochs of fine-tuning.")
+_FINE_TUNE_LEARNING_RATE = flags.DEFINE_float("fine_tune_learning_rate", 1e-5,
+                                              "Learning rate of fine-tuning.")
+_FINE_TUNE_LAYERS = flags.DEFINE_integer("fine_tune_layers", 30,
+                                         "Top backbone layers to unfreeze (BatchNorm stays frozen).")
+_HEAD_UNITS = flags.DEFINE_list("head_units", ["128"], "Dense layers before the output.")
+_WEIGHTS = flags.DEFINE_string("weights", "imagenet",
+                               "Backbone weights: imagenet, none, or a weights file.")
+_PRECISION = flags.DEFINE_enum("precision", "auto", config_lib.PRECISIONS,
+                               "auto: fp16 on tensor-core GPUs, bf16 on TPU/bf16 CPUs.")
+_STRATEGY = flags.DEFINE_enum("strategy", "auto", config_lib.STRATEGIES,
+                              "tf.distribute strategy; auto mirrors over several GPUs.")
+_TPU = flags.DEFINE_string("tpu", "", "TPU name or address, with --strategy=tpu.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seeds Python, NumPy, TensorFlow, shuffling.")
+_DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
+                                   "Op determinism and ordered tf.data: identical reruns.")
+_CACHE = flags.DEFINE_bool("cache", False, "Keep decoded images in memory after epoch 1.")
+_STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 0, "Cap batches per epoch; 0: all.")
+_VIRTUAL_DEVICES = flags.DEFINE_integer("virtual_devices", 0,
+                                        "Split the CPU into N devices (testing mirrored).")
+
+flags.mark_flags_as_required(["model", "model_dir"])
+
+
+def _config() -> config_lib.Config:
+  try:
+    head_units = tuple(int(units) for units in _HEAD_UNITS.value)
+  except ValueError:
+    raise ValueError(f"--head_units takes integers, got {','.join(_HEAD_UNITS.value)}.") from None
+  return config_lib.Config(
+      model=_MODEL.value, model_dir=_MODEL_DIR.value, dataset=_DATASET.value,
+      data_dir=_DATA_DIR.value, image_size=_IMAGE_SIZE.value, resize=_RESIZE.value,
+      batch_size=_BATCH_SIZE.value, epochs=_EPOCHS.value,
+      learning_rate=_LEARNING_RATE.value, early_stopping_patience=_PATIENCE.value,
+      augment=_AUGMENT.value, balance=_BALANCE.value,
+      keep_formats=tuple(_KEEP_FORMATS.value), keep_modes=tuple(_KEEP_MODES.value),
+      keep_orientations=tuple(_KEEP_ORIENTATIONS.value), fine_tune=_FINE_TUNE.value,
+      fine_tune_epochs=_FINE_TUNE_EPOCHS.value,
+      fine_tune_learning_rate=_FINE_TUNE_LEARNING_RATE.value,
+      fine_tune_layers=_FINE_TUNE_LAYERS.value, head_units=head_units,
+      weights=_WEIGHTS.value, precision=_PRECISION.value, strategy=_STRATEGY.value,
+      tpu=_TPU.value, seed=_SEED.value, deterministic=_DETERMINISTIC.value,
+      cache=_CACHE.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
+      virtual_devices=_VIRTUAL_DEVICES.value)
+
+
+def _write_flagfile(config: config_lib.Config):
+  """flags.txt in the run folder: `--flagfile=RUN/flags.txt` reruns the run."""
+  os.makedirs(config.model_dir, exist_ok=True)
+  holders = [value for value in globals().values() if isinstance(value, flags.FlagHolder)]
+  lines = [flags.FLAGS[holder.name].serialize() for holder in holders
+           if holder.value is not None]
+  from trainers import metrics  # pylint: disable=g-import-not-at-top
+  metrics.atomic_write(os.path.join(config.model_dir, "flags.txt"),
+                       ("\n".join(sorted(lines)) + "\n").encode())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  from trainers import train  # pylint: disable=g-import-not-at-top  (TF import is slow)
+  try:
+    config = _config()
+    _write_flagfile(config)
+    train.train_and_evaluate(config)
+  except ValueError as error:  # bad input: one line, no traceback
+    sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,91 @@
+"""Test metrics with the study's columns, and atomic writing of run outputs."""
+
+import json
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+# The study's table, in its order.
+STUDY_COLUMNS = ("accuracy_train", "loss_train", "val_accuracy_train", "val_loss_train",
+                 "accuracy_test", "precision_test", "recall_test", "f1-score_test")
+
+
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
+                           class_names: Sequence[str]) -> dict:
+  """Accuracy, support-weighted P/R/F1 (as scikit-learn's report), per class.
+
+  Args:
+    labels: true class indices.
+    predictions: predicted class indices.
+    class_names: names, by index.
+
+  Returns:
+    Dict with accuracy_test, precision_test, recall_test, f1-score_test,
+    per_class ({name: precision, recall, f1-score, support}) and
+    confusion_matrix (rows: true class, columns: predicted).
+  """
+  count = len(class_names)
+  confusion = np.zeros((count, count), np.int64)
+  np.add.at(confusion, (labels, predictions), 1)
+  true_positive = np.diag(confusion).astype(np.float64)
+  support = confusion.sum(axis=1).astype(np.float64)
+  predicted = confusion.sum(axis=0).astype(np.float64)
+  precision = np.divide(true_positive, predicted, out=np.zeros(count), where=predicted > 0)
+  recall = np.divide(true_positive, support, out=np.zeros(count), where=support > 0)
+  denominator = precision + recall
+  f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(count),
+                 where=denominator > 0)
+  weights = support / max(support.sum(), 1)
+  return {
+      "accuracy_test": float(true_positive.sum() / max(len(labels), 1)),
+      "precision_test": float(weights @ precision),
+      "recall_test": float(weights @ recall),
+      "f1-score_test": float(weights @ f1),
+      "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                           "f1-score": float(f1[i]), "support": int(support[i])}
+                    for i, name in enumerate(class_names)},
+      "confusion_matrix": confusion.tolist(),
+  }
+
+
+def atomic_write(path: str, data: bytes):
+  """Writes via a temporary file and a rename: readers never see half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(handle, "wb") as file:
+      file.write(data)
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
+def write_json(path: str, value):
+  atomic_write(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+
+
+def confusion_png(path: str, confusion: Sequence[Sequence[int]], class_names: Sequence[str]):
+  """Saves the confusion matrix as a PNG (atomically)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  matrix = np.asarray(confusion)
+  figure, axes = pyplot.subplots(figsize=(7, 6))
+  axes.imshow(matrix, cmap="Blues")
+  axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+  axes.set_yticks(range(len(class_names)), class_names)
+  axes.set_xlabel("predicted")
+  axes.set_ylabel("true")
+  for (row, column), value in np.ndenumerate(matrix):
+    axes.text(column, row, str(value), ha="center", va="center", fontsize=7,
+              color="white" if value > matrix.max() / 2 else "black")
+  figure.tight_layout()
+  import io  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100)
+  pyplot.close(figure)
+  atomic_write(path, buffer.getvalue())

@@ -1,0 +1,135 @@
+"""The model registry: the study's CNNs and three transfer-learning heads.
+
+Every model takes raw RGB in [0, 255]: its preprocessing (and, with `augment`,
+its augmentation) are layers inside it, so a saved `model.keras` classifies
+images as they come, augmentation runs on the accelerator, and no Lambda layer
+stands in the way of safe-mode loading.
+"""
+
+import dataclasses
+from typing import Callable, Optional, Sequence
+
+import keras
+
+NUM_CLASSES = 10
+# ImageNet statistics that DenseNet's "torch"-mode preprocess_input uses.
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """How to make one model family."""
+
+  backbone: Optional[Callable]  # keras.applications constructor, None for CNNs
+  min_size: int
+  preprocessing: Callable[[], list]  # layers mapping [0, 255] RGB to model input
+  conv_filters: tuple[int, ...] = ()  # for the study's CNNs
+
+
+def _rescale_unit():
+  return [keras.layers.Rescaling(1 / 255, name="rescale")]
+
+
+def _rescale_symmetric():  # mobilenet_v2.preprocess_input: [-1, 1]
+  return [keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescale")]
+
+
+def _imagenet_normalize():  # densenet.preprocess_input ("torch" mode)
+  return [keras.layers.Rescaling(1 / 255, name="rescale"),
+          keras.layers.Normalization(mean=_IMAGENET_MEAN,
+                                     variance=[std ** 2 for std in _IMAGENET_STD],
+                                     name="imagenet_normalize")]
+
+
+REGISTRY = {
+    "cnn2": ModelSpec(None, 16, _rescale_unit, conv_filters=(32, 64)),
+    "cnn4": ModelSpec(None, 48, _rescale_unit, conv_filters=(32, 64, 128, 256)),
+    "mnv2": ModelSpec(keras.applications.MobileNetV2, 32, _rescale_symmetric),
+    # EfficientNetV2 rescales inside the application (include_preprocessing).
+    "enb3": ModelSpec(keras.applications.EfficientNetV2B3, 32, lambda: []),
+    "dn121": ModelSpec(keras.applications.DenseNet121, 32, _imagenet_normalize),
+}
+
+
+def augmentation(seed: int) -> keras.Sequential:
+  """Flips, small rotations, zoom and contrast; active only in training."""
+  return keras.Sequential([
+      keras.layers.RandomFlip("horizontal", seed=seed),
+      keras.layers.RandomRotation(0.05, seed=seed + 1),
+      keras.layers.RandomZoom(0.1, seed=seed + 2),
+      keras.layers.RandomContrast(0.1, seed=seed + 3),
+  ], name="augmentation")
+
+
+def build_model(name: str, image_size: int, *, head_units: Sequence[int] = (128,),
+                augment: bool = False, weights: Optional[str] = None,
+                seed: int = 0) -> keras.Model:
+  """Builds a registry model (uncompiled).
+
+  Args:
+    name: a key of `REGISTRY`.
+    image_size: input height and width.
+    head_units: sizes of the Dense layers before the output.
+    augment: put the augmentation block in front.
+    weights: backbone weights: "imagenet", None, or a weights file; for the CNNs
+      a file of the whole model's weights.
+    seed: seed of the augmentation layers.
+
+  Returns:
+    A `keras.Model` from uint8-range RGB to class probabilities.
+  """
+  if name not in REGISTRY:
+    raise ValueError(f"Unknown model '{name}': choose one of {', '.join(REGISTRY)}.")
+  spec = REGISTRY[name]
+  if image_size < spec.min_size:
+    raise ValueError(f"--image_size={image_size} is below {name}'s minimum of "
+                     f"{spec.min_size} px.")
+  inputs = keras.Input((image_size, image_size, 3), name="image")
+  features = augmentation(seed)(inputs) if augment else inputs
+  for layer in spec.preprocessing():
+    features = layer(features)
+  if spec.backbone is None:
+    for filters in spec.conv_filters:
+      features = keras.layers.Conv2D(filters, 3, activation="relu")(features)
+      features = keras.layers.MaxPooling2D()(features)
+    features = keras.layers.Flatten()(features)
+  else:
+    backbone = spec.backbone(include_top=False, weights=weights,
+                             input_shape=(image_size, image_size, 3))
+    backbone.trainable = False
+    # training=False keeps BatchNormalization in inference mode, also after
+    # unfreezing for fine-tuning: batch statistics of small batches would wreck
+    # the pretrained ones.
+    features = backbone(features, training=False)
+    features = keras.layers.GlobalAveragePooling2D()(features)
+  for units in head_units:
+    features = keras.layers.Dense(units, activation="relu")(features)
+  outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32",
+                               name="probabilities")(features)
+  model = keras.Model(inputs, outputs, name=name)
+  if spec.backbone is None and weights:
+    model.load_weights(weights)
+  return model
+
+
+def backbone_of(model: keras.Model) -> Optional[keras.Model]:
+  """The pretrained backbone inside a transfer model, None for the CNNs."""
+  for layer in model.layers:
+    if isinstance(layer, keras.Model) and layer.name != "augmentation":
+      return layer
+  return None
+
+
+def unfreeze_top(model: keras.Model, layers: int):
+  """Makes the top `layers` layers of the backbone trainable, BatchNorm excepted.
+
+  The model must be compiled again afterwards for the change to take effect.
+  """
+  backbone = backbone_of(model)
+  if backbone is None:
+    raise ValueError(f"--fine_tune needs a transfer model; {model.name} has no backbone.")
+  backbone.trainable = True
+  for index, layer in enumerate(backbone.layers):
+    top = index >= len(backbone.layers) - layers
+    layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)

@@ -1,0 +1,212 @@
+"""`train_and_evaluate(config)`: one run, from TFRecords to a finished run folder.
+
+Precision is set once before anything is built; the model is built and compiled
+in one place, inside `strategy.scope()`. A rerun of the same config resumes a
+killed run from its last finished epoch (BackupAndRestore in the run folder).
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainers import callbacks as callbacks_lib
+from trainers import devices
+from trainers import input_pipeline
+from trainers import metrics as metrics_lib
+from trainers import models
+
+METRICS_FILE = "metrics.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Phase:
+  name: str
+  epochs: int
+  learning_rate: float
+  epoch_offset: int
+
+
+def train_and_evaluate(config) -> dict:
+  """Trains, evaluates on the test split and writes the run folder.
+
+  Args:
+    config: a `trainers.config.Config`.
+
+  Returns:
+    The metrics written to metrics.json.
+
+  Raises:
+    ValueError: with a sentence saying what to change, for bad input.
+  """
+  started = time.time()
+  devices.split_cpu(config.virtual_devices)
+  keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  precision = devices.resolve_precision(config.precision, config.strategy)
+  keras.mixed_precision.set_global_policy(precision)
+  strategy = devices.make_strategy(config.strategy, config.tpu)
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise ValueError(f"--batch_size={config.batch_size} does not divide by the "
+                     f"{replicas} replicas: use a multiple of {replicas}.")
+  out_dir = config.model_dir if devices.is_chief(strategy) else tempfile.mkdtemp()
+  os.makedirs(out_dir, exist_ok=True)
+  if os.path.exists(os.path.join(out_dir, METRICS_FILE)):
+    print(f"{config.model_dir} already holds a finished run; use a new --model_dir.")
+    with open(os.path.join(out_dir, METRICS_FILE)) as file:
+      return json.load(file)
+
+  data = _Data(config)
+  with strategy.scope():
+    model = _build(config)
+  phases = [_Phase("train", config.epochs, config.learning_rate, 0)]
+  if config.fine_tune:
+    phases.append(_Phase("fine_tune", config.fine_tune_epochs,
+                         config.fine_tune_learning_rate, config.epochs))
+  for phase in phases:
+    with strategy.scope():
+      if phase.name == "fine_tune":
+        models.unfreeze_top(model, config.fine_tune_layers)
+      model.compile(optimizer=keras.optimizers.Adam(phase.learning_rate),
+                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    _fit(model, phase, data, config, out_dir)
+
+  result = _evaluate(model, data, config, out_dir)
+  summary = {key: result[key] for key in metrics_lib.STUDY_COLUMNS}
+  print(f"{config.model} ({precision}, {replicas} replica(s), {time.time() - started:.0f} s): "
+        + " ".join(f"{key}={value:.4f}" for key, value in summary.items())
+        + f" -> {config.model_dir}")
+  if out_dir != config.model_dir:
+    shutil.rmtree(out_dir, ignore_errors=True)
+  return result
+
+
+class _Data:
+  """The run's splits: filtered, balanced records and their counts."""
+
+  def __init__(self, config):
+    self.builder = input_pipeline.builder(config.dataset, config.data_dir)
+    self.class_names = self.builder.info.features["label"].names
+    self.filters = input_pipeline.Filters(config.keep_formats, config.keep_modes,
+                                          config.keep_orientations)
+    self.keep = {}
+    for split in ("train", "validation", "test"):
+      labels, names = input_pipeline.labels_and_names(
+          input_pipeline.records(self.builder, split, self.filters))
+      if config.balance == "undersample":  # as the study did, for every split
+        self.keep[split] = input_pipeline.undersample(labels, names, len(self.class_names))
+        labels = labels[np.isin(names, self.keep[split])]
+      if split == "train":
+        self.train_labels = labels
+      if not len(labels):
+        raise ValueError(f"No {split} images left after --keep_formats/--keep_modes/"
+                         "--keep_orientations/--balance: loosen the filters.")
+    self.class_weight = (input_pipeline.class_weights(self.train_labels, len(self.class_names))
+                         if config.balance == "class_weight" else None)
+    self.steps = len(self.train_labels) // config.batch_size
+    if self.steps == 0:
+      raise ValueError(f"--batch_size={config.batch_size} is larger than the "
+                       f"{len(self.train_labels)} training images: lower it.")
+    if config.steps_per_epoch:
+      self.steps = min(self.steps, config.steps_per_epoch)
+
+  def records(self, split):
+    return input_pipeline.records(self.builder, split, self.filters, self.keep.get(split))
+
+
+def _build(config) -> keras.Model:
+  weights = None if config.weights.lower() == "none" else config.weights
+  if weights not in (None, "imagenet") and not os.path.exists(weights):
+    raise ValueError(f"--weights={weights}: no such file. Use imagenet, none or a "
+                     "weights file path.")
+  if weights == "imagenet" and models.REGISTRY[config.model].backbone is None:
+    weights = None  # the study's CNNs have no pretrained weights
+  try:
+    return models.build_model(config.model, config.image_size, head_units=config.head_units,
+                              augment=config.augment, weights=weights, seed=config.seed)
+  except Exception as error:  # pylint: disable=broad-except
+    if weights == "imagenet" and "URL fetch failure" in str(error):
+      raise ValueError("--weights=imagenet could not be downloaded (no network?): use "
+                       "--weights=none or a local weights file.") from None
+    raise
+
+
+def _fit(model, phase: _Phase, data: _Data, config, out_dir: str):
+  backup_root = os.path.join(out_dir, "backup")
+  done_path = os.path.join(backup_root, f"{phase.name}.done.weights.h5")
+  if os.path.exists(done_path):  # finished before a kill in a later phase
+    model.load_weights(done_path)
+    return
+  backup_dir = os.path.join(backup_root, phase.name)
+  first_epoch = _restored_epoch(backup_dir)
+  batches = input_pipeline.training_batches(
+      data.records("train"), batch_size=config.batch_size, seed=config.seed,
+      first_epoch=first_epoch, epochs=phase.epochs, steps_per_epoch=data.steps,
+      cache_decoded=config.cache, image_size=config.image_size, resize=config.resize,
+      deterministic=config.deterministic)
+  validation = input_pipeline.eval_batches(
+      data.records("validation"), batch_size=config.batch_size,
+      image_size=config.image_size, resize=config.resize, cache_decoded=config.cache)
+  callbacks = [
+      keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False),
+      callbacks_lib.HistoryCsv(os.path.join(out_dir, "history.csv"), phase.name,
+                               phase.epoch_offset),
+      keras.callbacks.TensorBoard(os.path.join(out_dir, "logs", phase.name)),
+  ]
+  if config.early_stopping_patience:
+    callbacks.append(callbacks_lib.ResumableEarlyStopping(
+        os.path.join(backup_root, f"{phase.name}.early_stopping.json"),
+        monitor="val_loss", patience=config.early_stopping_patience))
+  if first_epoch < phase.epochs:
+    model.fit(batches, validation_data=validation, epochs=phase.epochs,
+              steps_per_epoch=data.steps, class_weight=data.class_weight,
+              callbacks=callbacks, verbose=2 if os.environ.get("CI") else "auto")
+  model.save_weights(done_path + ".tmp.weights.h5")
+  os.replace(done_path + ".tmp.weights.h5", done_path)
+
+
+def _restored_epoch(backup_dir: str) -> int:
+  path = os.path.join(backup_dir, "training_metadata.json")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as file:
+    return int(json.load(file)["epoch"])
+
+
+def _evaluate(model, data: _Data, config, out_dir: str) -> dict:
+  test_records = data.records("test")
+  labels, names = input_pipeline.labels_and_names(test_records)
+  batches = input_pipeline.eval_batches(test_records, batch_size=config.batch_size,
+                                        image_size=config.image_size, resize=config.resize)
+  probabilities = model.predict(batches, verbose=0)
+  predictions = probabilities.argmax(axis=1)
+  result = {key: None for key in metrics_lib.STUDY_COLUMNS}
+  history = callbacks_lib.read_history(os.path.join(out_dir, "history.csv"))
+  if history:
+    last = history[-1]
+    for column, key in (("accuracy_train", "accuracy"), ("loss_train", "loss"),
+                        ("val_accuracy_train", "val_accuracy"),
+                        ("val_loss_train", "val_loss")):
+      result[column] = float(last[key])
+  result.update(metrics_lib.classification_metrics(labels, predictions, data.class_names))
+  result["test_images"] = int(len(labels))
+  metrics_lib.atomic_write(
+      os.path.join(out_dir, "predictions.csv"),
+      ("file_name,label,prediction\n" + "".join(
+          f"{name},{data.class_names[label]},{data.class_names[prediction]}\n"
+          for name, label, prediction in zip(names, labels, predictions))).encode())
+  metrics_lib.confusion_png(os.path.join(out_dir, "confusion.png"),
+                            result["confusion_matrix"], data.class_names)
+  temporary = os.path.join(out_dir, ".model.tmp.keras")
+  model.save(temporary)
+  os.replace(temporary, os.path.join(out_dir, "model.keras"))
+  metrics_lib.write_json(os.path.join(out_dir, METRICS_FILE), result)  # last: marks done
+  return result

@@ -10,8 +10,12 @@ The run folder gets `flags.txt`, which reruns (or resumes) it with `--flagfile`.
 import os
 import sys
 
-from absl import app
-from absl import flags
+# TensorFlow's C++ start-up chatter would bury a one-line error; users can
+# still ask for it with TF_CPP_MIN_LOG_LEVEL=0.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 
 from trainers import config as config_lib
 from trainers import models

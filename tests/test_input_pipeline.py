@@ -1,0 +1,98 @@
+"""The input pipeline: labels match, filters and balancing count right, decoding is exact."""
+
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from animals10_tfds import scan
+from trainers import input_pipeline
+
+
+@pytest.fixture(scope="module")
+def builder(data_dir):
+  return input_pipeline.builder("animals10_tfds/160px", str(data_dir))
+
+
+def test_images_and_labels_match_their_files(builder):
+  records = input_pipeline.records(builder, "train")
+  labels, names = input_pipeline.labels_and_names(records)
+  assert all(scan.FOLDERS.index(name.split("/")[0]) == label
+             for label, name in zip(labels, names))
+  batch = next(iter(input_pipeline.eval_batches(records, batch_size=8, image_size=64,
+                                                resize="crop")))
+  assert batch[0].shape == (8, 64, 64, 3) and batch[0].dtype == tf.float32
+  np.testing.assert_array_equal(batch[1].numpy(), labels[:8])
+
+
+def test_filters_keep_only_matching_records(builder):
+  all_labels, _ = input_pipeline.labels_and_names(input_pipeline.records(builder, "train"))
+  landscape = input_pipeline.Filters(orientations=("landscape",))
+  labels, names = input_pipeline.labels_and_names(
+      input_pipeline.records(builder, "train", landscape))
+  orientations = {record["file_name"].numpy().decode(): record["orientation"].numpy().decode()
+                  for record in input_pipeline.records(builder, "train")}
+  assert len(labels) == sum(1 for value in orientations.values() if value == "landscape")
+  assert 0 < len(labels) < len(all_labels)
+  jpeg_rgb = input_pipeline.Filters(formats=("JPEG",), modes=("RGB",))
+  kept, _ = input_pipeline.labels_and_names(input_pipeline.records(builder, "train", jpeg_rgb))
+  assert len(kept) <= len(all_labels)
+  nothing = input_pipeline.Filters(formats=("TIFF",))
+  assert not len(input_pipeline.labels_and_names(
+      input_pipeline.records(builder, "train", nothing))[0])
+
+
+def test_undersample_cuts_every_class_to_the_smallest(builder):
+  labels, names = input_pipeline.labels_and_names(input_pipeline.records(builder, "train"))
+  keep = input_pipeline.undersample(labels, names, 10)
+  kept_labels, _ = input_pipeline.labels_and_names(
+      input_pipeline.records(builder, "train", keep_names=keep))
+  smallest = np.bincount(labels, minlength=10).min()
+  assert np.bincount(kept_labels, minlength=10).tolist() == [smallest] * 10
+  assert sorted(keep) == sorted(input_pipeline.undersample(labels[::-1], names[::-1], 10))
+
+
+def test_class_weights_are_inverse_frequency():
+  weights = input_pipeline.class_weights(np.array([0, 0, 0, 1]), 2)
+  assert weights == {0: 4 / 6, 1: 2.0}
+
+
+def _jpeg(width, height):
+  rng = np.random.default_rng(0)
+  pixels = rng.integers(0, 256, (height // 8, width // 8, 3), dtype=np.uint8)
+  image = Image.fromarray(pixels).resize((width, height), Image.Resampling.BILINEAR)
+  buffer = io.BytesIO()
+  image.save(buffer, "JPEG", quality=95)
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize("resize", ["crop", "stretch"])
+def test_dct_scaled_decode_matches_full_decode(resize):
+  data = tf.constant(_jpeg(640, 480))
+  fast = input_pipeline.decode_and_resize(data, 100, resize)  # decodes at 1/4 scale
+  full = tf.image.decode_jpeg(data, channels=3)
+  if resize == "crop":
+    full = tf.image.crop_to_bounding_box(full, 0, 80, 480, 480)
+  reference = tf.cast(tf.round(tf.image.resize(full, (100, 100), antialias=True)), tf.uint8)
+  assert fast.shape == (100, 100, 3)
+  difference = np.abs(fast.numpy().astype(int) - reference.numpy().astype(int))
+  assert difference.mean() < 3
+
+
+def test_small_images_are_upscaled_not_overscaled():
+  image = input_pipeline.decode_and_resize(tf.constant(_jpeg(80, 64)), 100, "crop")
+  assert image.shape == (100, 100, 3)
+
+
+def test_training_batches_are_seeded_per_epoch(builder):
+  records = input_pipeline.records(builder, "train")
+  kwargs = dict(batch_size=16, seed=3, epochs=3, steps_per_epoch=2, cache_decoded=False,
+                image_size=32, resize="crop", deterministic=True)
+  full = [labels.numpy().tolist() for _, labels in
+          input_pipeline.training_batches(records, first_epoch=0, **kwargs)]
+  resumed = [labels.numpy().tolist() for _, labels in
+             input_pipeline.training_batches(records, first_epoch=1, **kwargs)]
+  assert len(full) == 6 and full[2:] == resumed
+  assert full[0:2] != full[2:4]  # each epoch is shuffled differently

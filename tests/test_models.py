@@ -1,0 +1,65 @@
+"""Every registry model builds, predicts, saves and loads safely."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from trainers import models
+
+
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_each_model_builds_with_the_right_output(name, tmp_path):
+  size = max(models.REGISTRY[name].min_size, 32)
+  model = models.build_model(name, size, weights=None, augment=True)
+  batch = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+  probabilities = model.predict(batch, verbose=0)
+  assert probabilities.shape == (2, 10)
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-3)
+  if name in ("cnn2", "mnv2"):  # safe-mode load: no Lambda layers anywhere
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(batch, verbose=0), probabilities, atol=1e-5)
+
+
+def test_cnn2_matches_the_study_parameter_counts():
+  model = models.build_model("cnn2", 100, weights=None)
+  counts = [layer.count_params() for layer in model.layers if layer.count_params()]
+  assert counts == [896, 18_496, 4_333_696, 1_290]
+
+
+def test_cnn4_adds_two_conv_blocks_of_128_and_256():
+  model = models.build_model("cnn4", 100, weights=None)
+  filters = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+  assert filters == [32, 64, 128, 256]
+
+
+def test_image_size_below_backbone_minimum_is_refused():
+  with pytest.raises(ValueError, match="below mnv2's minimum of 32 px"):
+    models.build_model("mnv2", 24, weights=None)
+
+
+def test_unfreeze_top_keeps_batchnorm_frozen():
+  model = models.build_model("mnv2", 32, weights=None)
+  backbone = models.backbone_of(model)
+  assert not backbone.trainable
+  models.unfreeze_top(model, 20)
+  top = backbone.layers[-20:]
+  assert all(not layer.trainable for layer in top
+             if isinstance(layer, keras.layers.BatchNormalization))
+  assert any(layer.trainable and layer.weights for layer in top)
+  assert not any(layer.trainable for layer in backbone.layers[:-20])
+
+
+def test_backbone_weights_from_a_local_file(tmp_path):
+  path = str(tmp_path / "backbone.weights.h5")
+  source = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                          input_shape=(32, 32, 3))
+  source.set_weights([w + 0.5 for w in source.get_weights()])
+  source.save_weights(path)
+  model = models.build_model("mnv2", 32, weights=path)
+  loaded = models.backbone_of(model).get_weights()
+  np.testing.assert_allclose(loaded[0], source.get_weights()[0])
+  assert os.path.getsize(path) > 0

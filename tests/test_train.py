@@ -1,0 +1,132 @@
+"""Training end to end: outputs, determinism, resume after kill -9, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trainers import config as config_lib
+from trainers import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "trainers.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _config(data_dir, model_dir, **overrides):
+  settings = dict(model="cnn2", model_dir=str(model_dir), data_dir=str(data_dir),
+                  image_size=48, batch_size=16, epochs=2, seed=1, deterministic=True,
+                  weights="none")
+  settings.update(overrides)
+  return config_lib.Config(**settings)
+
+
+def test_run_folder_has_the_study_columns_and_reruns_from_its_flagfile(data_dir, tmp_path):
+  run = tmp_path / "run"
+  result = _main("--model=cnn2", f"--data_dir={data_dir}", f"--model_dir={run}",
+                 "--image_size=48", "--epochs=2", "--batch_size=16", "--balance=undersample")
+  assert result.returncode == 0, result.stderr[-2000:]
+  metrics = json.loads((run / "metrics.json").read_text())
+  for column in ("accuracy_train", "loss_train", "val_accuracy_train", "val_loss_train",
+                 "accuracy_test", "precision_test", "recall_test", "f1-score_test"):
+    assert 0 <= metrics[column] < 100
+  assert len(metrics["confusion_matrix"]) == 10
+  support = {value["support"] for value in metrics["per_class"].values()}
+  assert len(support) == 1  # undersampled test split: every class the same count
+  for name in ("model.keras", "history.csv", "predictions.csv", "confusion.png", "flags.txt"):
+    assert (run / name).stat().st_size > 0
+  assert (run / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+  rows = (run / "predictions.csv").read_text().splitlines()
+  assert rows[0] == "file_name,label,prediction" and len(rows) == metrics["test_images"] + 1
+  again = _main(f"--flagfile={run / 'flags.txt'}")
+  assert again.returncode == 0 and "already holds a finished run" in again.stdout
+
+
+def test_same_flags_give_identical_metrics(data_dir, tmp_path):
+  first = train.train_and_evaluate(_config(data_dir, tmp_path / "a", augment=True))
+  second = train.train_and_evaluate(_config(data_dir, tmp_path / "b", augment=True))
+  assert first == second
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(data_dir, tmp_path):
+  args = ["--model=cnn2", f"--data_dir={data_dir}", "--image_size=64", "--epochs=5",
+          "--batch_size=8", "--deterministic", "--seed=2", "--early_stopping_patience=3"]
+  killed = tmp_path / "killed"
+  process = subprocess.Popen([sys.executable, "-m", "trainers.main", *args,
+                              f"--model_dir={killed}"], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  history = killed / "history.csv"
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:
+    if history.exists() and len(history.read_text().splitlines()) >= 3:  # 2 epochs done
+      break
+    time.sleep(0.02)
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  assert not (killed / "metrics.json").exists()
+  resumed = _main(*args, f"--model_dir={killed}")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  straight = _main(*args, f"--model_dir={tmp_path / 'straight'}")
+  assert straight.returncode == 0, straight.stderr[-2000:]
+  assert (json.loads((killed / "metrics.json").read_text())
+          == json.loads((tmp_path / "straight" / "metrics.json").read_text()))
+  assert len(history.read_text().splitlines()) == 6  # header + 5 epochs, none doubled
+
+
+def test_transfer_model_with_fine_tuning_and_class_weights(data_dir, tmp_path):
+  result = train.train_and_evaluate(_config(
+      data_dir, tmp_path / "mnv2", model="mnv2", image_size=32, epochs=1, fine_tune=True,
+      fine_tune_epochs=1, fine_tune_layers=10, steps_per_epoch=2, balance="class_weight"))
+  history = (tmp_path / "mnv2" / "history.csv").read_text().splitlines()
+  assert [row.split(",")[1] for row in history[1:]] == ["train", "fine_tune"]
+  assert 0 <= result["accuracy_test"] <= 1
+
+
+def test_mirrored_on_two_virtual_cpus(data_dir, tmp_path):
+  run = tmp_path / "mirrored"
+  result = _main("--model=cnn2", f"--data_dir={data_dir}", f"--model_dir={run}",
+                 "--image_size=32", "--epochs=1", "--batch_size=16", "--strategy=mirrored",
+                 "--virtual_devices=2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "2 replica(s)" in result.stdout
+  metrics = json.loads((run / "metrics.json").read_text())
+  assert metrics["test_images"] == sum(v["support"] for v in metrics["per_class"].values())
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--model=resnet"], "value should be one of <cnn2|cnn4|mnv2|enb3|dn121>"),
+    (["--model=mnv2", "--image_size=16"], "below mnv2's minimum of 32 px"),
+    (["--model=cnn2", "--strategy=mirrored", "--virtual_devices=2", "--batch_size=15"],
+     "does not divide by the 2 replicas"),
+    (["--model=cnn2", "--keep_formats=TIFF"], "No train images left"),
+    (["--model=cnn2", "--dataset=animals10_tfds/full", "--data_dir=/nonexistent"],
+     "tfds build animals10_tfds"),
+    (["--model=mnv2", "--weights=/no/such.weights.h5"], "no such file"),
+    (["--model=cnn2", "--head_units=big"], "--head_units takes integers"),
+])
+def test_bad_input_gives_one_clear_line(data_dir, tmp_path, flags, message):
+  if not any(flag.startswith("--data_dir") for flag in flags):
+    flags = flags + [f"--data_dir={data_dir}"]
+  result = _main(*flags, f"--model_dir={tmp_path / 'bad'}")
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_imagenet_weights_without_network_say_what_to_do(monkeypatch, tmp_path):
+  from keras.src.utils import file_utils  # pylint: disable=g-import-not-at-top
+
+  def offline(*args, **kwargs):
+    raise Exception("URL fetch failure on https://example.invalid: None -- no network")
+
+  monkeypatch.setattr(file_utils, "get_file", offline)
+  config = _config("unused", tmp_path, model="mnv2", image_size=32, weights="imagenet")
+  with pytest.raises(ValueError, match="use --weights=none or a local weights file"):
+    train._build(config)  # pylint: disable=protected-access

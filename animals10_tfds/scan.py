@@ -95,7 +95,7 @@ class Source:
 
     Args:
       manual_dir: a folder holding `raw-img/`, `archive.zip`, or the ten class
-        folders themselves.
+        folders themselves; or the path of Kaggle's zip itself.
 
     Returns:
       A `Source`.
@@ -104,24 +104,30 @@ class Source:
       FileNotFoundError: when none of those is there.
     """
     manual_dir = epath.Path(manual_dir)
+    if manual_dir.is_file() and manual_dir.suffix == ".zip":
+      return cls._from_zip(manual_dir)
     for candidate in (manual_dir / RAW_DIR_NAME, manual_dir):
       if candidate.is_dir() and any(
           (candidate / folder).is_dir() for folder in FOLDERS):
         return cls(os.fspath(candidate))
     archive = manual_dir / ARCHIVE_NAME
     if archive.is_file():
-      with zipfile.ZipFile(os.fspath(archive)) as zip_file:
-        names = zip_file.namelist()
-      prefix = _zip_prefix(names)
-      if prefix is None:
-        raise FileNotFoundError(
-            f"{archive} holds no '{RAW_DIR_NAME}/<class>/' folders: is it the "
-            "Animals-10 download from Kaggle?")
-      return cls(prefix, archive=os.fspath(archive))
+      return cls._from_zip(archive)
     raise FileNotFoundError(
         f"No Animals-10 images in {manual_dir}: put Kaggle's {ARCHIVE_NAME} "
         f"(https://www.kaggle.com/datasets/alessiocorrado99/animals10) or its "
         f"unpacked '{RAW_DIR_NAME}/' folder there.")
+
+  @classmethod
+  def _from_zip(cls, archive: epath.Path) -> "Source":
+    with zipfile.ZipFile(os.fspath(archive)) as zip_file:
+      names = zip_file.namelist()
+    prefix = _zip_prefix(names)
+    if prefix is None:
+      raise FileNotFoundError(
+          f"{archive} holds no '{RAW_DIR_NAME}/<class>/' folders: is it the "
+          "Animals-10 download from Kaggle?")
+    return cls(prefix, archive=os.fspath(archive))
 
   def list(self) -> tuple[list[Entry], list[dict]]:
     """Lists candidate images, sorted by path.

@@ -120,3 +120,21 @@ def test_unknown_class_folder_is_a_clear_error(tmp_path):
 def test_missing_download_says_where_to_get_it(tmp_path):
   with pytest.raises(FileNotFoundError, match="archive.zip.*kaggle"):
     scan.Source.find(tmp_path)
+
+
+def test_kaggle_archive_zip_is_read_in_place(tmp_path):
+  import zipfile  # pylint: disable=g-import-not-at-top
+  good = KEPT["baseline.jpg"][0]
+  with zipfile.ZipFile(tmp_path / "archive.zip", "w") as archive:
+    archive.writestr("translate.py", "print('Kaggle ships this beside raw-img')")
+    archive.writestr("raw-img/cane/a.jpeg", good)
+    archive.writestr("raw-img/ragno/b.jpeg", good[:300])
+    archive.writestr("raw-img/ragno/.DS_Store", b"\0")
+  source = scan.Source.find(tmp_path)
+  entries, skipped = source.list()
+  assert [(entry.path, entry.label) for entry in entries] == [("cane/a.jpeg", 0),
+                                                             ("ragno/b.jpeg", 8)]
+  assert skipped == []
+  results = list(scan.scan(source, entries, encode=True, progress=False))
+  assert results[0].encoded == good and results[1].error == "truncated image"
+  assert scan.Source.find(tmp_path / "archive.zip").archive == str(tmp_path / "archive.zip")

@@ -5,10 +5,8 @@
 source "$(dirname "$0")/_venv.sh"
 work="${WORK:-$repo/work}"
 if [ ! -d "$work/manual/raw-img" ]; then
-  python -m tools.make_sample --out="$work/manual" --images_per_class="${IMAGES_PER_CLASS:-150}"
+  python -m tools.make_sample --out="$work/manual" --images_per_class="${IMAGES_PER_CLASS:-300}"
 fi
 tfds build animals10_tfds --manual_dir="$work/manual" --data_dir="$work/tensorflow_datasets"
-if [ -f trainers/main.py ]; then
-  python -m trainers.main --model=cnn2 --data_dir="$work/tensorflow_datasets" \
-    --model_dir="$work/runs/cnn2_demo" --epochs="${EPOCHS:-8}" --batch_size=32
-fi
+python -m trainers.main --model=cnn2 --data_dir="$work/tensorflow_datasets" \
+  --model_dir="$work/runs/cnn2_demo" --epochs="${EPOCHS:-10}" --batch_size=32

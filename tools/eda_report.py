@@ -110,7 +110,7 @@ def plots(good: pd.DataFrame, out: str):
 
   figure, axes = pyplot.subplots(figsize=(6, 5))
   sizes = good.groupby(["width", "height"]).size().reset_index(name="count")
-  axes.scatter(sizes.width, sizes.height, s=8 + 400 * sizes["count"] / max(len(good), 1),
+  axes.scatter(sizes.width, sizes.height, s=6 + 3000 * sizes["count"] / max(len(good), 1),
                alpha=.5)
   axes.set_xlabel("width (px)")
   axes.set_ylabel("height (px)")

@@ -60,9 +60,11 @@ def train_and_evaluate(config) -> dict:
   out_dir = config.model_dir if devices.is_chief(strategy) else tempfile.mkdtemp()
   os.makedirs(out_dir, exist_ok=True)
   if os.path.exists(os.path.join(out_dir, METRICS_FILE)):
-    print(f"{config.model_dir} already holds a finished run; use a new --model_dir.")
     with open(os.path.join(out_dir, METRICS_FILE)) as file:
-      return json.load(file)
+      result = json.load(file)
+    print(f"{config.model_dir} already holds a finished run (use a new --model_dir to "
+          f"train again): {_summary_row(result)}")
+    return result
 
   data = _Data(config)
   with strategy.scope():
@@ -80,13 +82,16 @@ def train_and_evaluate(config) -> dict:
     _fit(model, phase, data, config, out_dir)
 
   result = _evaluate(model, data, config, out_dir)
-  summary = {key: result[key] for key in metrics_lib.STUDY_COLUMNS}
   print(f"{config.model} ({precision}, {replicas} replica(s), {time.time() - started:.0f} s): "
-        + " ".join(f"{key}={value:.4f}" for key, value in summary.items())
-        + f" -> {config.model_dir}")
+        f"{_summary_row(result)} -> {config.model_dir}")
   if out_dir != config.model_dir:
     shutil.rmtree(out_dir, ignore_errors=True)
   return result
+
+
+def _summary_row(result: dict) -> str:
+  return " ".join(f"{key}={result[key]:.4f}" for key in metrics_lib.STUDY_COLUMNS
+                  if result.get(key) is not None)
 
 
 class _Data:

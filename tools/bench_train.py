@@ -1,0 +1,148 @@
+r"""Training throughput and memory of cnn2, fed by our pipeline.
+
+    python -m tools.bench_train --data_dir=work/tensorflow_datasets \
+        [--rss_data_dirs=SMALL_DATA_DIR,FULL_DATA_DIR] --json=bench_train.json
+
+For each precision policy this machine can run: images/second of cnn2 fed by
+`trainers.input_pipeline` and fed from one in-memory batch (no input work at
+all); the input stall is 1 - pipeline/in-memory. Then peak resident memory of
+one full epoch, in a fresh process per dataset, to show it does not grow with
+the dataset size.
+"""
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+_FLAGS = flags.FLAGS
+
+
+def precisions() -> list[str]:
+  """float32, plus the mixed policies this machine has hardware for."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainers import devices  # pylint: disable=g-import-not-at-top
+  available = ["float32"]
+  if devices.cpu_has_bf16() or tf.config.list_physical_devices("GPU"):
+    available.append("mixed_bfloat16")
+  if tf.config.list_physical_devices("GPU"):
+    available.append("mixed_float16")
+  return available
+
+
+def _model(precision, image_size):
+  import keras  # pylint: disable=g-import-not-at-top
+  from trainers import models  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy(precision)
+  model = models.build_model("cnn2", image_size, weights=None)
+  model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+  return model
+
+
+def _timed_fit(model, dataset, steps, passes):
+  model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)  # trace + warm-up
+  rates = []
+  for _ in range(passes):
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    rates.append(steps / (time.perf_counter() - start))
+  return statistics.median(rates)
+
+
+def throughput(data_dir, precision, image_size=100, batch_size=32, steps=40, passes=3):
+  """(pipeline, in-memory) images/second of cnn2 under `precision`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  builder = input_pipeline.builder("animals10_tfds/160px", data_dir)
+  records = input_pipeline.records(builder, "train")
+  fed = input_pipeline.training_batches(
+      records, batch_size=batch_size, seed=0, first_epoch=0, epochs=1,
+      steps_per_epoch=steps, cache_decoded=False, image_size=image_size, resize="crop",
+      deterministic=False).repeat()
+  batch = next(iter(fed))
+  in_memory = tf.data.Dataset.from_tensors(batch).repeat()
+  model = _model(precision, image_size)
+  return (_timed_fit(model, fed, steps, passes) * batch_size,
+          _timed_fit(model, in_memory, steps, passes) * batch_size)
+
+
+def epoch_peak_rss(data_dir, image_size=100, batch_size=32) -> dict:
+  """Trains one full cnn2 epoch in a fresh process; its peak RSS in MiB and size."""
+  output = subprocess.run(
+      [sys.executable, "-m", "tools.bench_train", "--rss_child", f"--data_dir={data_dir}",
+       f"--image_size={image_size}", f"--batch_size={batch_size}"],
+      capture_output=True, text=True, check=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
+  return json.loads(output.strip().splitlines()[-1])
+
+
+def _rss_child(data_dir, image_size, batch_size):
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  builder = input_pipeline.builder("animals10_tfds/160px", data_dir)
+  records = input_pipeline.records(builder, "train")
+  images = builder.info.splits["train"].num_examples
+  steps = images // batch_size
+  dataset = input_pipeline.training_batches(
+      records, batch_size=batch_size, seed=0, first_epoch=0, epochs=1, steps_per_epoch=steps,
+      cache_decoded=False, image_size=image_size, resize="crop", deterministic=False)
+  _model("float32", image_size).fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(json.dumps({"train_images": images, "peak_rss_mib": peak}))
+
+
+def measure(data_dir, rss_data_dirs=(), steps=40, passes=3, image_size=100,
+            batch_size=32) -> dict:
+  """Every figure of the benchmark (see the module docstring)."""
+  results = {}
+  for precision in precisions():
+    fed, in_memory = throughput(data_dir, precision, image_size, batch_size, steps, passes)
+    results[f"pipeline/{precision}"] = fed
+    results[f"in_memory/{precision}"] = in_memory
+    results[f"input_stall/{precision}"] = max(0.0, 1 - fed / in_memory)
+  from trainers import devices  # pylint: disable=g-import-not-at-top
+  auto = devices.resolve_precision("auto", "auto")
+  results["auto_precision"] = auto
+  results["auto_vs_float32"] = results[f"pipeline/{auto}"] / results["pipeline/float32"]
+  for index, rss_dir in enumerate(rss_data_dirs):
+    results[f"epoch_rss/{index}"] = epoch_peak_rss(rss_dir, image_size, batch_size)
+  if len(rss_data_dirs) == 2:
+    results["rss_ratio_large_vs_small"] = (results["epoch_rss/1"]["peak_rss_mib"]
+                                           / results["epoch_rss/0"]["peak_rss_mib"])
+  return results
+
+
+def _define_flags():
+  flags.DEFINE_string("data_dir", None, "A built TFDS data_dir.", required=True)
+  flags.DEFINE_list("rss_data_dirs", [], "Two data_dirs (small, large) for the memory check.")
+  flags.DEFINE_integer("steps", 40, "Batches per timed epoch.")
+  flags.DEFINE_integer("passes", 3, "Timed passes (median).")
+  flags.DEFINE_integer("image_size", 100, "Input side.")
+  flags.DEFINE_integer("batch_size", 32, "Batch size.")
+  flags.DEFINE_bool("rss_child", False, "Internal: run one epoch and print peak RSS.")
+  flags.DEFINE_string("json", None, "Write the figures here.")
+
+
+def main(argv):
+  del argv
+  if _FLAGS.rss_child:
+    _rss_child(_FLAGS.data_dir, _FLAGS.image_size, _FLAGS.batch_size)
+    return
+  results = measure(_FLAGS.data_dir, tuple(_FLAGS.rss_data_dirs), _FLAGS.steps, _FLAGS.passes,
+                    _FLAGS.image_size, _FLAGS.batch_size)
+  for key, value in results.items():
+    print(f"{key:32s} {value if isinstance(value, (str, dict)) else f'{value:.2f}'}")
+  if _FLAGS.json:
+    with open(_FLAGS.json, "w") as file:
+      json.dump(results, file, indent=2)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  _define_flags()
+  app.run(main)

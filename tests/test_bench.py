@@ -36,6 +36,7 @@ def test_bench_train_reports_throughput_stall_and_memory(data_dir, tmp_path):
   figures = json.loads(out.read_text())
   assert figures["pipeline/float32"] > 0 and figures["in_memory/float32"] > 0
   assert 0 <= figures["input_stall/float32"] < 1
+  assert figures["pipeline_cached/float32"] > 0 and 0 <= figures["input_stall_cached/float32"] < 1
   assert figures["auto_vs_float32"] > 0
   assert figures["epoch_rss/0"]["peak_rss_mib"] > 100
   assert figures["epoch_rss/1"]["train_images"] == figures["epoch_rss/0"]["train_images"]

@@ -67,7 +67,7 @@ class _EpochTimer:
 def _timed_fit(model, dataset, steps, passes):
   """Median batches/second over epochs 2.. of one fit (epoch 1 traces)."""
   timer = _EpochTimer()
-  model.fit(dataset, epochs=passes + 1, steps_per_epoch=steps, verbose=0,
+  model.fit(dataset, epochs=passes + 1, steps_per_epoch=steps, verbose=0, shuffle=False,
             callbacks=[timer.callback])
   return steps / statistics.median(timer.seconds[1:])
 
@@ -114,7 +114,8 @@ def _rss_child(data_dir, image_size, batch_size):
   dataset = input_pipeline.training_batches(
       records, batch_size=batch_size, seed=0, first_epoch=0, epochs=1, steps_per_epoch=steps,
       cache_decoded=False, image_size=image_size, resize="crop", deterministic=False)
-  _model("float32", image_size).fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+  _model("float32", image_size).fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0,
+                                   shuffle=False)
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(json.dumps({"train_images": images, "peak_rss_mib": peak}))
 

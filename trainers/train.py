@@ -172,7 +172,7 @@ def _fit(model, phase: _Phase, data: _Data, config, out_dir: str):
         monitor="val_loss", patience=config.early_stopping_patience))
   if first_epoch < phase.epochs:
     model.fit(batches, validation_data=validation, epochs=phase.epochs,
-              steps_per_epoch=data.steps, class_weight=data.class_weight,
+              steps_per_epoch=data.steps, class_weight=data.class_weight, shuffle=False,
               callbacks=callbacks, verbose=2 if os.environ.get("CI") else "auto")
   model.save_weights(done_path + ".tmp.weights.h5")
   os.replace(done_path + ".tmp.weights.h5", done_path)

@@ -5,6 +5,7 @@ so tests build a `Config` directly.
 """
 
 import dataclasses
+import os
 from typing import Optional
 
 RESIZE_MODES = ("crop", "stretch")
@@ -71,3 +72,18 @@ def _check(config: Config):
     raise ValueError(f"--head_units must be positive, got {config.head_units}.")
   if config.strategy == "tpu" and not config.tpu:
     raise ValueError("--strategy=tpu needs --tpu=NAME_OR_ADDRESS.")
+
+
+def run_settings(model_dir: str) -> dict:
+  """The flags a run was trained with, from its flags.txt."""
+  path = os.path.join(model_dir, "flags.txt")
+  if not os.path.exists(os.path.join(model_dir, "model.keras")) or not os.path.exists(path):
+    raise ValueError(f"{model_dir} is not a finished run (no model.keras or flags.txt): "
+                     "train one with python -m trainers.main first.")
+  settings = {}
+  with open(path) as file:
+    for line in file:
+      if line.startswith("--") and "=" in line:
+        key, value = line[2:].rstrip("\n").split("=", 1)
+        settings[key] = value
+  return settings

@@ -1,0 +1,57 @@
+"""tools.compare on hand-made run folders: statistics checked by hand and by SciPy."""
+
+import json
+import math
+
+from PIL import Image
+from scipy import stats
+
+from tools import compare
+
+FILES = [f"cane/{index}.jpg" for index in range(40)]
+
+
+def _run(folder, accuracy, correct):
+  folder.mkdir(parents=True)
+  metrics = {column: accuracy for column in compare.COLUMNS}
+  (folder / "metrics.json").write_text(json.dumps(metrics))
+  rows = ["file_name,label,prediction"] + [
+      f"{name},dog,{'dog' if ok else 'cat'}" for name, ok in zip(FILES, correct)]
+  (folder / "predictions.csv").write_text("\n".join(rows) + "\n")
+  (folder / "history.csv").write_text("epoch,phase,val_accuracy\n0,train,0.2\n1,train,0.4\n")
+  return str(folder)
+
+
+def test_mean_std_and_mcnemar(tmp_path):
+  good = [True] * 30 + [False] * 10
+  worse = [True] * 20 + [False] * 20  # best right / other wrong on 10 files, never the reverse
+  runs = [_run(tmp_path / "a" / "seed_0", .75, good), _run(tmp_path / "a" / "seed_1", .85, good),
+          _run(tmp_path / "b" / "seed_0", .50, worse), _run(tmp_path / "b" / "seed_1", .60, worse)]
+  table = compare.compare(runs, str(tmp_path / "out"))
+  rows = {row["model"]: row for row in compare.summarize(compare.load(runs))}
+  assert math.isclose(rows["a"]["accuracy_test"], .80)
+  assert math.isclose(rows["a"]["accuracy_test_std"], math.sqrt(.005))  # sample std of .75,.85
+  assert rows["a"]["mcnemar_p"] is None and rows["b"]["discordant"] == "20/0"
+  expected = stats.binomtest(0, 20, .5).pvalue
+  assert math.isclose(rows["b"]["mcnemar_p"], expected)
+  assert "| a | 2 | 0.8000 ± 0.0707" in table and "best" in table
+  for name in ("comparison.png", "curves.png"):
+    Image.open(tmp_path / "out" / name).verify()
+  assert (tmp_path / "out" / "comparison.csv").read_text().startswith("model,seeds,")
+
+
+def test_mcnemar_matches_scipy_on_uneven_counts():
+  for first, second in ((3, 9), (12, 5), (0, 0), (7, 7)):
+    expected = 1.0 if first + second == 0 else stats.binomtest(
+        first, first + second, .5).pvalue
+    assert math.isclose(compare.mcnemar_p(first, second), expected)
+
+
+def test_unfinished_run_is_a_clear_error(tmp_path):
+  (tmp_path / "half").mkdir()
+  try:
+    compare.load([str(tmp_path / "half")])
+  except ValueError as error:
+    assert "not a finished run" in str(error)
+  else:
+    raise AssertionError("expected a ValueError")

@@ -1,0 +1,52 @@
+"""The study's experiments as flagfiles pin its hyper-parameters."""
+
+from absl import flags
+import pytest
+
+from tools import reproduce
+
+STUDY = {  # experiment: (model, epochs, batch, augment, JPEG+RGB only, fine-tune)
+    "model_01": ("cnn2", 60, 24, False, False, False),
+    "model_02": ("cnn2", 60, 24, False, True, False),
+    "model_03": ("cnn2", 60, 24, True, True, False),
+    "model_04": ("cnn4", 60, 128, True, True, False),
+    "mnv2": ("mnv2", 60, 128, False, True, False),
+    "mnv2_fine_tune": ("mnv2", 60, 128, False, True, True),
+    "enb3": ("enb3", 10, 32, False, True, False),
+    "dn121": ("dn121", 10, 32, False, True, False),
+}
+
+
+@pytest.fixture(scope="module")
+def trainer_flags():
+  from trainers import main  # pylint: disable=g-import-not-at-top  (defines the flags)
+  yield main
+  flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("experiment", sorted(STUDY))
+def test_flagfile_parses_to_the_study_settings(trainer_flags, experiment):
+  command = reproduce.command(experiment, 0, "DATA", "RUN")
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["trainers.main"] + [arg for arg in command if arg.startswith("--")])
+  config = trainer_flags._config()  # pylint: disable=protected-access
+  model, epochs, batch, augment, jpeg_rgb, fine_tune = STUDY[experiment]
+  assert (config.model, config.epochs, config.batch_size, config.augment) == (
+      model, epochs, batch, augment)
+  assert (config.keep_formats == ("JPEG",) and config.keep_modes == ("RGB",)) == jpeg_rgb
+  assert config.fine_tune == fine_tune
+  assert (config.balance, config.image_size, config.resize) == ("undersample", 100, "crop")
+  assert config.learning_rate == 0.001 and config.early_stopping_patience > 0
+  assert config.head_units == (128,)
+  assert config.deterministic and config.model_dir == "RUN" and config.data_dir == "DATA"
+
+
+def test_every_study_row_has_a_flagfile():
+  assert reproduce.available() == sorted(STUDY)
+
+
+def test_quick_and_weights_override_come_after_the_flagfile():
+  command = reproduce.command("mnv2", 1, None, "RUN", quick=True, weights="none")
+  assert command.index("--weights=none") > command.index(
+      [arg for arg in command if arg.startswith("--flagfile")][0])
+  assert "--steps_per_epoch=3" in command and "--seed=1" in command

@@ -1,0 +1,85 @@
+"""trainers.predict on good, odd and broken files; trainers.export parity."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from trainers import config as config_lib
+from trainers import export
+from trainers import predict
+from trainers import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+  folder = tmp_path_factory.mktemp("run") / "cnn2"
+  train.train_and_evaluate(config_lib.Config(
+      model="cnn2", model_dir=str(folder), data_dir=str(data_dir), image_size=40,
+      resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none"))
+  flags = [f"--{name}" for name in ("model=cnn2", "image_size=40", "resize=stretch",
+                                     "dataset=animals10_tfds/160px", f"data_dir={data_dir}",
+                                     "head_units=128", "noaugment")]
+  (folder / "flags.txt").write_text("\n".join(flags) + "\n")  # as trainers.main writes it
+  return folder
+
+
+@pytest.fixture(scope="module")
+def images(sample_dir, tmp_path_factory):
+  folder = tmp_path_factory.mktemp("images")
+  dog = sorted((sample_dir / "raw-img" / "cane").iterdir())[0]
+  picture = Image.open(dog).convert("RGB")
+  (folder / "dog.jpg").write_bytes(dog.read_bytes())
+  picture.convert("CMYK").save(folder / "cmyk.jpg")
+  picture.convert("RGBA").save(folder / "rgba.png")
+  (folder / "notes.jpg").write_text("not an image")
+  return folder
+
+
+def test_predict_reports_good_files_and_one_line_per_bad_one(run_dir, images):
+  results, errors = predict.predict(str(run_dir), [str(images), str(images / "missing.jpg")],
+                                    top_k=2)
+  assert sorted(os.path.basename(item["path"]) for item in results) == [
+      "cmyk.jpg", "dog.jpg", "rgba.png"]
+  for item in results:
+    probabilities = [p["probability"] for p in item["predictions"]]
+    assert len(probabilities) == 2 and probabilities[0] >= probabilities[1] > 0
+  reasons = {os.path.basename(item["path"]): item["error"] for item in errors}
+  assert reasons["notes.jpg"] == "not an image Pillow can read"
+  assert reasons["missing.jpg"].startswith("unreadable")
+
+
+def test_predict_cli_json_and_exit_status(run_dir, images):
+  result = subprocess.run([sys.executable, "-m", "trainers.predict", f"--model_dir={run_dir}",
+                           "--json", str(images / "dog.jpg"), str(images / "notes.jpg")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  output = json.loads(result.stdout)
+  assert output["predictions"][0]["predictions"][0]["label"] in (
+      "dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep", "spider",
+      "squirrel")
+  assert "error: " in result.stderr and "notes.jpg" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_predict_matches_the_trained_model_on_a_record(run_dir, images):
+  results, _ = predict.predict(str(run_dir), [str(images / "dog.jpg")], top_k=10)
+  assert np.isclose(sum(p["probability"] for p in results[0]["predictions"]), 1, atol=1e-3)
+
+
+@pytest.mark.parametrize("export_format", ["saved_model", "tflite"])
+def test_export_matches_keras(run_dir, export_format, tmp_path):
+  out = str(tmp_path / ("model.tflite" if export_format == "tflite" else "saved_model"))
+  result = export.export(str(run_dir), export_format, out, tolerance=1e-4, check_images=8)
+  assert os.path.exists(out) and result["max_abs_diff"] <= 1e-4
+
+
+def test_not_a_run_folder_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match="not a finished run"):
+    predict.predict(str(tmp_path), [str(tmp_path)])

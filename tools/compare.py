@@ -1,0 +1,189 @@
+r"""Compares finished runs: the study's table, seed statistics and McNemar tests.
+
+    python -m tools.compare runs/model_01/seed_0 runs/model_01/seed_1 runs/mnv2/seed_0 ...
+        [--out=runs/comparison] [--append_workspace=WORKSPACE.md]
+
+Runs are grouped by experiment: the folder name, or its parent's when the folder is
+`seed_<n>` (what tools.reproduce writes). Each column becomes mean ± standard
+deviation over seeds. Each experiment is tested against the best one (highest mean
+test accuracy) with an exact McNemar test on the same test images, pairing runs of
+the same seed, so a reader can tell a real difference from seed noise.
+"""
+
+import collections
+import csv
+import io
+import json
+import math
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+
+COLUMNS = ("accuracy_train", "loss_train", "val_accuracy_train", "val_loss_train",
+           "accuracy_test", "precision_test", "recall_test", "f1-score_test")
+
+_FLAGS = flags.FLAGS
+
+
+def experiment_of(run_dir: str) -> tuple[str, str]:
+  """(experiment name, seed label) of a run folder."""
+  path = os.path.normpath(run_dir)
+  name = os.path.basename(path)
+  if re.fullmatch(r"seed_\d+", name):
+    return os.path.basename(os.path.dirname(path)), name
+  return name, "seed_0"
+
+
+def mcnemar_p(only_first: int, only_second: int) -> float:
+  """Exact two-sided McNemar p-value from the two discordant counts."""
+  discordant = only_first + only_second
+  if discordant == 0:
+    return 1.0
+  tail = sum(math.comb(discordant, k) for k in range(min(only_first, only_second) + 1))
+  return min(1.0, 2 * tail / 2 ** discordant)
+
+
+def _predictions(run_dir):
+  with open(os.path.join(run_dir, "predictions.csv"), newline="") as file:
+    return {row["file_name"]: row["label"] == row["prediction"] for row in csv.DictReader(file)}
+
+
+def load(run_dirs) -> dict:
+  """{experiment: {seed: {"dir": path, "metrics": {...}}}} for finished runs."""
+  experiments = collections.defaultdict(dict)
+  for run_dir in run_dirs:
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.exists(path):
+      raise ValueError(f"{run_dir} is not a finished run (no metrics.json).")
+    with open(path) as file:
+      metrics = json.load(file)
+    name, seed = experiment_of(run_dir)
+    experiments[name][seed] = {"dir": run_dir, "metrics": metrics}
+  return dict(experiments)
+
+
+def summarize(experiments: dict) -> list[dict]:
+  """One row per experiment: mean and std of each column, McNemar vs the best."""
+  rows = []
+  for name, seeds in experiments.items():
+    row = {"model": name, "seeds": len(seeds)}
+    for column in COLUMNS:
+      values = [run["metrics"][column] for run in seeds.values()
+                if run["metrics"].get(column) is not None]
+      mean = sum(values) / len(values) if values else float("nan")
+      std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+             if len(values) > 1 else 0.0)
+      row[column], row[column + "_std"] = mean, std
+    rows.append(row)
+  best = max(rows, key=lambda row: row["accuracy_test"])
+  for row in rows:
+    only_best = only_other = 0
+    for seed, run in experiments[row["model"]].items():
+      partner = experiments[best["model"]].get(seed)
+      if partner is None or row is best:
+        continue
+      ours, theirs = _predictions(run["dir"]), _predictions(partner["dir"])
+      for file_name in ours.keys() & theirs.keys():
+        only_best += theirs[file_name] and not ours[file_name]
+        only_other += ours[file_name] and not theirs[file_name]
+    row["vs_best"] = best["model"]
+    row["mcnemar_p"] = None if row is best else mcnemar_p(only_best, only_other)
+    row["discordant"] = f"{only_best}/{only_other}"
+  return rows
+
+
+def markdown(rows) -> str:
+  header = ["model", "seeds"] + list(COLUMNS) + ["McNemar p vs best"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for row in rows:
+    cells = [row["model"], str(row["seeds"])]
+    for column in COLUMNS:
+      cells.append(f"{row[column]:.4f}" + (f" ± {row[column + '_std']:.4f}"
+                                           if row["seeds"] > 1 else ""))
+    cells.append("best" if row["mcnemar_p"] is None else
+                 f"{row['mcnemar_p']:.3g} ({row['discordant']})")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_csv(rows, path):
+  fields = ["model", "seeds"] + [f for c in COLUMNS for f in (c, c + "_std")] + [
+      "vs_best", "mcnemar_p", "discordant"]
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+  writer.writeheader()
+  writer.writerows(rows)
+  with open(path, "w") as file:
+    file.write(buffer.getvalue())
+
+
+def charts(rows, experiments, out):
+  """comparison.png (accuracy and F1 with error bars) and curves.png (history)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  names = [row["model"] for row in rows]
+  positions = range(len(rows))
+  figure, axes = pyplot.subplots(figsize=(max(5, 1.2 * len(rows)), 4))
+  for offset, column in ((-.2, "accuracy_test"), (.2, "f1-score_test")):
+    axes.bar([p + offset for p in positions], [row[column] for row in rows], width=.4,
+             yerr=[row[column + "_std"] for row in rows], capsize=3, label=column)
+  axes.set_xticks(list(positions), names, rotation=30, ha="right")
+  axes.set_ylim(0, 1)
+  axes.legend()
+  axes.set_title("Test accuracy and weighted F1 (mean ± std over seeds)")
+  figure.tight_layout()
+  figure.savefig(os.path.join(out, "comparison.png"), dpi=90)
+  pyplot.close(figure)
+  figure, axes = pyplot.subplots(figsize=(7, 4))
+  for name, seeds in experiments.items():
+    run = seeds[sorted(seeds)[0]]
+    with open(os.path.join(run["dir"], "history.csv"), newline="") as file:
+      history = list(csv.DictReader(file))
+    axes.plot([int(r["epoch"]) for r in history], [float(r["val_accuracy"]) for r in history],
+              label=name)
+  axes.set_xlabel("epoch")
+  axes.set_ylabel("val_accuracy")
+  axes.legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(os.path.join(out, "curves.png"), dpi=90)
+  pyplot.close(figure)
+
+
+def compare(run_dirs, out=None, append_workspace=None) -> str:
+  """Loads, summarizes and writes everything; returns the Markdown table."""
+  experiments = load(run_dirs)
+  rows = summarize(experiments)
+  table = markdown(rows)
+  if out:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "comparison.md"), "w") as file:
+      file.write(table)
+    write_csv(rows, os.path.join(out, "comparison.csv"))
+    charts(rows, experiments, out)
+  if append_workspace:
+    with open(append_workspace, "a") as file:
+      file.write("\n### Comparison of " + ", ".join(sorted(experiments)) + "\n\n" + table)
+  return table
+
+
+def _define_flags():
+  flags.DEFINE_string("out", None, "Folder for comparison.md/.csv and the PNG charts.")
+  flags.DEFINE_string("append_workspace", None, "Append the table to this results log.")
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("Give one or more run folders.")
+  try:
+    print(compare(argv[1:], _FLAGS.out, _FLAGS.append_workspace), end="")
+  except ValueError as error:
+    sys.exit(f"compare: {error}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,96 @@
+r"""Reruns the original study's experiments and prints its comparison table.
+
+    python -m tools.reproduce --data_dir=work/tensorflow_datasets --out=work/runs \
+        [--experiments=model_01,mnv2] [--seeds=0,1,2] [--quick] [--weights=none]
+
+One run folder per experiment and seed (OUT/<experiment>/seed_<n>), each a
+`trainers.main` run from trainers/experiments/<experiment>.flags. Finished runs
+are skipped and killed ones resume, so an interrupted reproduction continues.
+`--quick` trains 2 epochs of 3 steps (and 1 fine-tuning epoch): a smoke run.
+"""
+
+import os
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+from tools import compare
+
+EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "trainers", "experiments")
+QUICK = ("--epochs=2", "--steps_per_epoch=3", "--fine_tune_epochs=1",
+         "--early_stopping_patience=0")
+
+_FLAGS = flags.FLAGS
+
+
+def available() -> list[str]:
+  return sorted(name[:-len(".flags")] for name in os.listdir(EXPERIMENTS_DIR)
+                if name.endswith(".flags"))
+
+
+def command(experiment, seed, data_dir, run_dir, quick=False, weights=None) -> list[str]:
+  """The trainers.main command of one run; later flags override the flagfile's."""
+  args = [sys.executable, "-m", "trainers.main",
+          f"--flagfile={os.path.join(EXPERIMENTS_DIR, experiment + '.flags')}",
+          f"--model_dir={run_dir}", f"--seed={seed}", "--deterministic"]
+  if data_dir:
+    args.append(f"--data_dir={data_dir}")
+  if quick:
+    args += list(QUICK)
+  if weights:
+    args.append(f"--weights={weights}")
+  return args
+
+
+def reproduce(experiments, seeds, data_dir, out, quick=False, weights=None) -> list[str]:
+  """Runs what is not finished yet; returns every run folder."""
+  unknown = sorted(set(experiments) - set(available()))
+  if unknown:
+    raise ValueError(f"Unknown experiment(s) {', '.join(unknown)}: choose from "
+                     f"{', '.join(available())}.")
+  run_dirs = []
+  for experiment in experiments:
+    for seed in seeds:
+      run_dir = os.path.join(out, experiment, f"seed_{seed}")
+      run_dirs.append(run_dir)
+      if os.path.exists(os.path.join(run_dir, "metrics.json")):
+        print(f"{experiment} seed {seed}: already finished, skipped")
+        continue
+      print(f"{experiment} seed {seed}: training into {run_dir}", flush=True)
+      result = subprocess.run(command(experiment, seed, data_dir, run_dir, quick, weights),
+                              check=False)
+      if result.returncode:
+        raise ValueError(f"{experiment} seed {seed} failed (exit {result.returncode}); "
+                         "rerun the same command to resume it.")
+  return run_dirs
+
+
+def _define_flags():
+  flags.DEFINE_list("experiments", [], "Experiments to run (default: all).")
+  flags.DEFINE_list("seeds", ["0"], "Seeds, one run each.")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir with animals10_tfds built.")
+  flags.DEFINE_string("out", "runs", "Folder for the run folders.")
+  flags.DEFINE_bool("quick", False, "Smoke run: 2 epochs of 3 steps.")
+  flags.DEFINE_string("weights", None, "Override the backbones' weights (e.g. none offline).")
+  flags.DEFINE_bool("append_workspace", False, "Append the table to WORKSPACE.md.")
+
+
+def main(argv):
+  del argv
+  try:
+    seeds = [int(seed) for seed in _FLAGS.seeds]
+    run_dirs = reproduce(_FLAGS.experiments or available(), seeds, _FLAGS.data_dir,
+                         _FLAGS.out, _FLAGS.quick, _FLAGS.weights)
+    workspace = (os.path.join(os.path.dirname(EXPERIMENTS_DIR), "..", "WORKSPACE.md")
+                 if _FLAGS.append_workspace else None)
+    print(compare.compare(run_dirs, os.path.join(_FLAGS.out, "comparison"), workspace), end="")
+  except ValueError as error:
+    sys.exit(f"reproduce: {error}")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

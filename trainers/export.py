@@ -1,0 +1,126 @@
+r"""Exports a trained run as a SavedModel or a TFLite file, and checks it.
+
+    python -m trainers.export --model_dir=work/runs/cnn2 --format=saved_model|tflite
+
+The export is a float32 copy of the run's model (mixed-precision layers do not
+convert to TFLite). The SavedModel has two signatures: `serving_default` takes
+encoded JPEG bytes (decoded exactly as in training), `serve_images` takes uint8
+images at the run's size. The TFLite model takes float32 RGB in [0, 255] at the
+run's size. Both formats are checked against the Keras model on a
+batch of test images; the maximum absolute difference of probabilities is
+printed and a difference past --tolerance fails the export.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+_FLAGS = flags.FLAGS
+
+
+def float32_model(model_dir: str, settings: dict):
+  """The run's model rebuilt under the float32 policy, with its trained weights."""
+  import keras  # pylint: disable=g-import-not-at-top
+  from trainers import models  # pylint: disable=g-import-not-at-top
+  trained = keras.saving.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
+  keras.mixed_precision.set_global_policy("float32")
+  model = models.build_model(
+      settings["model"], int(settings.get("image_size", 100)),
+      head_units=tuple(int(u) for u in settings.get("head_units", "128").split(",")),
+      augment=settings.get("augment") == "true", weights=None)
+  model.set_weights(trained.get_weights())
+  return model
+
+
+def check_batch(settings: dict, count: int):
+  """Encoded JPEG bytes of `count` test images of the run's dataset."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  builder = input_pipeline.builder(settings["dataset"], settings.get("data_dir") or None)
+  records = input_pipeline.records(builder, "test").take(count)
+  return tf.stack([record["image"] for record in records])
+
+
+def export(model_dir: str, export_format: str, out: str = None, tolerance: float = 1e-3,
+           check_images: int = 32) -> dict:
+  """Writes the export and returns {path, max_abs_diff}; raises past `tolerance`."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  settings = config_lib.run_settings(model_dir)
+  image_size, resize = int(settings.get("image_size", 100)), settings.get("resize", "crop")
+  model = float32_model(model_dir, settings)
+  encoded = check_batch(settings, check_images)
+  images = tf.map_fn(lambda data: input_pipeline.decode_and_resize(data, image_size, resize),
+                     encoded, fn_output_signature=tf.uint8)
+  expected = model.predict(tf.cast(images, tf.float32), verbose=0)
+  out = out or os.path.join(model_dir, "export",
+                            "saved_model" if export_format == "saved_model" else "model.tflite")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+
+  module = tf.Module()
+  module.model = model
+
+  @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)])
+  def serve_images(images):
+    return {"probabilities": module.model(tf.cast(images, tf.float32), training=False)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def serve_jpeg(jpeg_bytes):
+    decoded = tf.map_fn(lambda data: input_pipeline.decode_and_resize(data, image_size, resize),
+                        jpeg_bytes, fn_output_signature=tf.uint8)
+    return serve_images(decoded)
+
+  if export_format == "saved_model":
+    tf.saved_model.save(module, out, signatures={
+        "serving_default": serve_jpeg, "serve_images": serve_images})
+    loaded = tf.saved_model.load(out)
+    from_jpeg = loaded.signatures["serving_default"](jpeg_bytes=encoded)["probabilities"]
+    from_images = loaded.signatures["serve_images"](images=images)["probabilities"]
+    difference = max(np.abs(from_jpeg.numpy() - expected).max(),
+                     np.abs(from_images.numpy() - expected).max())
+  else:
+    # Converting the Keras model directly: going through the SavedModel above
+    # produced NaNs in TF 2.21's converter.
+    with open(out, "wb") as file:
+      file.write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    interpreter = tf.lite.Interpreter(model_path=out)
+    runner = interpreter.get_signature_runner()
+    input_name = interpreter.get_signature_list()["serving_default"]["inputs"][0]
+    outputs = runner(**{input_name: tf.cast(images, tf.float32).numpy()})
+    difference = np.abs(next(iter(outputs.values())) - expected).max()
+  difference = float(difference)
+  print(f"{export_format} written to {out}; max |probability difference| vs Keras on "
+        f"{len(expected)} test images: {difference:.2e} (tolerance {tolerance:g})")
+  if not np.isfinite(difference) or difference > tolerance:
+    raise ValueError(f"the {export_format} export differs from the Keras model by "
+                     f"{difference:.2e} > --tolerance={tolerance:g}: do not ship it.")
+  return {"path": out, "max_abs_diff": difference}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    export(_FLAGS.model_dir, _FLAGS.format, _FLAGS.out, _FLAGS.tolerance, _FLAGS.check_images)
+  except ValueError as error:
+    sys.exit(f"error: {error}")
+
+
+def _define_flags():
+  flags.DEFINE_string("model_dir", None, "A finished run folder.", required=True)
+  flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "Export format.")
+  flags.DEFINE_string("out", None, "Output path (default RUN/export/saved_model or "
+                      "RUN/export/model.tflite).")
+  flags.DEFINE_float("tolerance", 1e-3, "Largest allowed probability difference.")
+  flags.DEFINE_integer("check_images", 32, "Test images to check with.")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

@@ -1,0 +1,109 @@
+r"""Classifies image files and folders with a trained run.
+
+    python -m trainers.predict --model_dir=work/runs/cnn2 photo.jpg folder/ [--json]
+
+Any format Pillow reads goes through the dataset's own conversion (RGB JPEG) and
+the trainer's decode path at the run's image size and resize mode, batched with
+tf.data. A file that cannot be read gets one line and the rest go on; the exit
+status is non-zero if any failed.
+"""
+
+import json
+import os
+import sys
+
+# TensorFlow's C++ start-up chatter would bury the table.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+_FLAGS = flags.FLAGS
+
+
+def expand(paths) -> list[str]:
+  """Files named and files inside folders named (sorted, hidden files skipped)."""
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [os.path.join(root, name) for name in sorted(names)
+                  if not name.startswith(".")]
+    else:
+      files.append(path)
+  return files
+
+
+def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32):
+  """Top-k predictions for each readable file.
+
+  Returns:
+    (results, errors): `[{path, predictions: [{label, probability}]}]` and
+    `[{path, error}]`.
+  """
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from animals10_tfds import scan  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  settings = config_lib.run_settings(model_dir)
+  image_size, resize = int(settings.get("image_size", 100)), settings.get("resize", "crop")
+  encoded, good, errors = [], [], []
+  for path in expand(paths):
+    try:
+      with open(path, "rb") as file:
+        data = file.read()
+    except OSError as error:
+      errors.append({"path": path, "error": f"unreadable: {error.strerror or error}"})
+      continue
+    result = scan.scan_bytes(scan.Entry(path, 0), data, encode=True)
+    if result.error:
+      errors.append({"path": path, "error": result.error})
+    else:
+      encoded.append(result.encoded)
+      good.append(path)
+  results = []
+  if good:
+    model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
+    dataset = tf.data.Dataset.from_tensor_slices(encoded).map(
+        lambda data: tf.cast(input_pipeline.decode_and_resize(data, image_size, resize),
+                             tf.float32),
+        num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+    probabilities = model.predict(dataset, verbose=0)
+    for path, row in zip(good, probabilities):
+      best = row.argsort()[::-1][:top_k]
+      results.append({"path": path, "predictions": [
+          {"label": scan.LABELS[index], "probability": float(row[index])} for index in best]})
+  return results, errors
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("Give one or more image files or folders.")
+  try:
+    results, errors = predict(_FLAGS.model_dir, argv[1:], _FLAGS.top_k, _FLAGS.batch_size)
+  except ValueError as error:
+    sys.exit(f"error: {error}")
+  for item in errors:
+    print(f"error: {item['path']}: {item['error']}", file=sys.stderr)
+  if _FLAGS.json:
+    print(json.dumps({"predictions": results, "errors": errors}, indent=2))
+  else:
+    for item in results:
+      print(item["path"] + "\t" + "  ".join(
+          f"{p['label']} {p['probability']:.3f}" for p in item["predictions"]))
+  if errors:
+    sys.exit(1)
+
+
+def _define_flags():
+  flags.DEFINE_string("model_dir", None, "A finished run folder.", required=True)
+  flags.DEFINE_integer("top_k", 3, "Labels to show per image.")
+  flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
+  flags.DEFINE_integer("batch_size", 32, "Images per batch.")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main)

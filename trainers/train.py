@@ -8,8 +8,6 @@ killed run from its last finished epoch (BackupAndRestore in the run folder).
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 
 import keras
@@ -57,7 +55,7 @@ def train_and_evaluate(config) -> dict:
   if config.batch_size % replicas:
     raise ValueError(f"--batch_size={config.batch_size} does not divide by the "
                      f"{replicas} replicas: use a multiple of {replicas}.")
-  out_dir = config.model_dir if devices.is_chief(strategy) else tempfile.mkdtemp()
+  out_dir = config.model_dir
   os.makedirs(out_dir, exist_ok=True)
   if os.path.exists(os.path.join(out_dir, METRICS_FILE)):
     with open(os.path.join(out_dir, METRICS_FILE)) as file:
@@ -84,8 +82,6 @@ def train_and_evaluate(config) -> dict:
   result = _evaluate(model, data, config, out_dir)
   print(f"{config.model} ({precision}, {replicas} replica(s), {time.time() - started:.0f} s): "
         f"{_summary_row(result)} -> {config.model_dir}")
-  if out_dir != config.model_dir:
-    shutil.rmtree(out_dir, ignore_errors=True)
   return result
 
 

@@ -21,10 +21,12 @@ def sample_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def data_dir(sample_dir, tmp_path_factory):
-  """The sample built with the real `tfds build` CLI, every config."""
+  """The sample built with the real `tfds build` CLI, every config; 4 files per
+  split, so multi-worker tests can shard by file."""
   data = tmp_path_factory.mktemp("tensorflow_datasets")
   subprocess.run(
       [os.path.join(os.path.dirname(sys.executable), "tfds"), "build",
-       "animals10_tfds", f"--manual_dir={sample_dir}", f"--data_dir={data}"],
+       "animals10_tfds", f"--manual_dir={sample_dir}", f"--data_dir={data}",
+       "--num_shards=4"],
       cwd=REPO, check=True, capture_output=True)
   return data

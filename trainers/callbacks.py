@@ -5,6 +5,8 @@ import io
 import json
 import os
 
+from typing import Optional
+
 import keras
 
 from trainers import metrics as metrics_lib
@@ -42,16 +44,22 @@ def read_history(path: str) -> list[dict]:
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-  """EarlyStopping whose counters survive a restart (kept in a JSON file)."""
+  """EarlyStopping whose counters survive a restart (kept in a JSON file).
 
-  def __init__(self, state_path: str, **kwargs):
+  `restore_from` (default: `state_path`) is read at the start; a non-chief
+  worker reads the chief's file and writes its own copy elsewhere. Workers
+  see the same cross-worker val_loss, so they all stop at the same epoch.
+  """
+
+  def __init__(self, state_path: str, restore_from: Optional[str] = None, **kwargs):
     super().__init__(**kwargs)
     self.state_path = state_path
+    self.restore_from = restore_from or state_path
 
   def on_train_begin(self, logs=None):
     super().on_train_begin(logs)
-    if os.path.exists(self.state_path):
-      with open(self.state_path) as file:
+    if os.path.exists(self.restore_from):
+      with open(self.restore_from) as file:
         state = json.load(file)
       self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
 
@@ -60,3 +68,31 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     metrics_lib.write_json(self.state_path, {
         "wait": self.wait, "best": None if self.best is None else float(self.best),
         "best_epoch": self.best_epoch})
+
+
+class RestoreOnly(keras.callbacks.BackupAndRestore):
+  """Restores from another process's BackupAndRestore folder, never writes it.
+
+  For non-chief workers: they resume from the chief's backup, so every worker
+  restarts from the same epoch and weights.
+  """
+
+  def __init__(self, backup_dir: str):
+    super().__init__(backup_dir, delete_checkpoint=False)
+
+  def on_epoch_end(self, epoch, logs=None):
+    pass
+
+  def on_train_batch_end(self, batch, logs=None):
+    pass
+
+
+class StepCounter(keras.callbacks.Callback):
+  """Counts the training steps this process ran."""
+
+  def __init__(self):
+    super().__init__()
+    self.count = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.count += 1

@@ -47,6 +47,7 @@ class Config:
   cache: bool = False
   steps_per_epoch: int = 0  # 0: one full pass of the training split
   virtual_devices: int = 0  # split the CPU into N logical devices (tests)
+  cluster_timeout: float = 300  # seconds for every multi-worker task to join
 
   def __post_init__(self):
     _check(self)
@@ -70,6 +71,8 @@ def _check(config: Config):
     raise ValueError("--fine_tune needs --fine_tune_epochs and --fine_tune_layers >= 1.")
   if any(units < 1 for units in config.head_units):
     raise ValueError(f"--head_units must be positive, got {config.head_units}.")
+  if config.cluster_timeout <= 0:
+    raise ValueError(f"--cluster_timeout must be positive, got {config.cluster_timeout}.")
   if config.strategy == "tpu" and not config.tpu:
     raise ValueError("--strategy=tpu needs --tpu=NAME_OR_ADDRESS.")
 

@@ -1,6 +1,73 @@
 """Devices, precision policy and distribution strategy: decided once per run."""
 
+import dataclasses
+import json
+import os
+
 import tensorflow as tf
+
+from trainers import keras_compat
+from trainers import watchdog
+
+
+class PeerLostError(RuntimeError):
+  """A worker of a multi-worker run stopped or became unreachable mid-run."""
+
+
+# What collective ops raise when a peer dies (measured: Unavailable "Socket
+# closed" within a second on loopback, Internal "Collective ops is aborted").
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+               tf.errors.CancelledError, tf.errors.DeadlineExceededError,
+               tf.errors.InternalError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+  """This process's place in a multi-worker cluster (from TF_CONFIG)."""
+
+  task_type: str = "worker"
+  index: int = 0
+  num_workers: int = 1
+  has_chief_task: bool = False
+  address: str = ""
+  peers: tuple[str, ...] = ()  # the other tasks' host:port
+
+  @property
+  def is_chief(self) -> bool:
+    """The chief writes the run folder: the "chief" task, else worker 0."""
+    return self.task_type == "chief" if self.has_chief_task else self.index == 0
+
+  @property
+  def name(self) -> str:
+    return f"{self.task_type} {self.index}"
+
+
+def role(strategy: str) -> Role:
+  """This process's role: a single-process run unless --strategy=multi_worker.
+
+  Raises:
+    ValueError: multi_worker without a usable TF_CONFIG.
+  """
+  if strategy != "multi_worker":
+    return Role()
+  raw = os.environ.get("TF_CONFIG", "")
+  if not raw:
+    raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable on "
+                     "every worker: start them with `python -m tools.launch_local_cluster` "
+                     "or see README, Multi-GPU and multi-host.")
+  try:
+    tf_config = json.loads(raw)
+    cluster, task = tf_config["cluster"], tf_config["task"]
+    chiefs, workers = list(cluster.get("chief", [])), list(cluster.get("worker", []))
+    task_type, index = str(task["type"]), int(task["index"])
+    address = {"chief": chiefs, "worker": workers}[task_type][index]
+  except (ValueError, KeyError, IndexError, TypeError) as error:
+    raise ValueError(f"TF_CONFIG is not a usable cluster spec ({error!r}): it needs "
+                     '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
+                     '"worker", "index": N}}.') from None
+  return Role(task_type=task_type, index=index, num_workers=len(chiefs) + len(workers),
+              has_chief_task=bool(chiefs), address=address,
+              peers=tuple(peer for peer in chiefs + workers if peer != address))
 
 
 def split_cpu(count: int):
@@ -41,12 +108,13 @@ def resolve_precision(precision: str, strategy: str) -> str:
   return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
+def make_strategy(name: str, tpu: str = "", cluster_timeout: float = 300) -> tf.distribute.Strategy:
   """The tf.distribute strategy for `--strategy`.
 
   "auto" mirrors over all visible GPUs when there are several, else uses the
   default (single-device) strategy. "mirrored" without GPUs mirrors over the
-  logical CPU devices (see `split_cpu`).
+  logical CPU devices (see `split_cpu`). "multi_worker" joins the cluster in
+  TF_CONFIG, or exits with one line after `cluster_timeout` seconds.
   """
   if name == "tpu":
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
@@ -54,12 +122,7 @@ def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
   if name == "multi_worker":
-    # Measured with TF 2.21 / Keras 3.15: fit() under MultiWorkerMirroredStrategy
-    # fails converting PerReplica batches, as TF's own multi-worker tutorial does.
-    raise ValueError(
-        "--strategy=multi_worker is not supported yet: Keras 3's Model.fit cannot train "
-        "under MultiWorkerMirroredStrategy (keras-team/keras#20585). Use "
-        "--strategy=mirrored on one host.")
+    return _multi_worker_strategy(role(name), cluster_timeout)
   gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
   cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
   if name == "mirrored":
@@ -71,3 +134,24 @@ def make_strategy(name: str, tpu: str = "") -> tf.distribute.Strategy:
   if len(gpus) > 1:
     return tf.distribute.MirroredStrategy(gpus)
   return tf.distribute.get_strategy()
+
+
+def _multi_worker_strategy(this: Role, timeout: float) -> tf.distribute.Strategy:
+  """MultiWorkerMirroredStrategy once every task of TF_CONFIG has joined, or a
+  one-line error after `timeout` seconds (see `trainers.watchdog`)."""
+  with watchdog.deadline(timeout, this.peers,
+                         f"{this.name} ({this.address}) joining its {this.num_workers}-task "
+                         "cluster"):
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  keras_compat.fix_fit_under_multi_worker()
+  return strategy
+
+
+def barrier(strategy: tf.distribute.Strategy):
+  """Returns once every worker has called it (an all-reduce of a constant)."""
+
+  @tf.function
+  def all_reduce():
+    return strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+  all_reduce()

@@ -47,7 +47,8 @@ def builder(dataset: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
 
 def records(dataset_builder, split: str, filters: Filters = Filters(),
             keep_names: Optional[Sequence[str]] = None,
-            input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+            input_context: Optional[tf.distribute.InputContext] = None,
+            shard_files: bool = True) -> tf.data.Dataset:
   """Undecoded, filtered records of a split, in a fixed order.
 
   Args:
@@ -55,15 +56,22 @@ def records(dataset_builder, split: str, filters: Filters = Filters(),
     split: "train", "validation" or "test".
     filters: metadata filters, applied before any decoding.
     keep_names: if given, only records whose file_name is in it (balancing).
-    input_context: under multi-worker training, shards the files per worker.
+    input_context: under multi-worker training, this worker's share: whole files
+      when `sharding` says so, else every N-th record.
+    shard_files: False forces record sharding (equal counts per worker).
 
   Returns:
     A dataset of record dicts whose "image" is the encoded JPEG.
   """
-  read_config = tfds.ReadConfig(input_context=input_context, try_autocache=False)
+  by_file = bool(input_context and shard_files and sharding(
+      dataset_builder, split, input_context.num_input_pipelines) == "file")
+  read_config = tfds.ReadConfig(input_context=input_context if by_file else None,
+                                try_autocache=False)
   dataset = dataset_builder.as_dataset(
       split=split, shuffle_files=False, read_config=read_config,
       decoders={"image": tfds.decode.SkipDecoding()})
+  if input_context and input_context.num_input_pipelines > 1 and not by_file:
+    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   for key, allowed in (("format", filters.formats), ("mode", filters.modes),
                        ("orientation", filters.orientations)):
     if allowed:
@@ -78,6 +86,20 @@ def records(dataset_builder, split: str, filters: Filters = Filters(),
             tf.ones(len(keep_names), tf.int32)), default_value=0)
     dataset = dataset.filter(lambda record: table.lookup(record["file_name"]) > 0)
   return dataset
+
+
+def sharding(dataset_builder, split: str, workers: int) -> str:
+  """How `records` splits a split over `workers` input pipelines.
+
+  "file" (each worker reads only its own TFRecord files) when every worker
+  gets the same number of files, or at least 4, so shares differ by 25 % at
+  most; else "record": every worker reads all files and keeps every N-th record
+  (more reading, no imbalance). "none" for one worker.
+  """
+  files = dataset_builder.info.splits[split].num_shards
+  if workers <= 1:
+    return "none"
+  return "file" if files % workers == 0 or files >= 4 * workers else "record"
 
 
 def labels_and_names(dataset: tf.data.Dataset) -> tuple[np.ndarray, list[str]]:
@@ -164,14 +186,15 @@ def images(dataset: tf.data.Dataset, image_size: int, resize: str) -> tf.data.Da
                       record["label"]), num_parallel_calls=AUTOTUNE)
 
 
-def _to_float(image, label):
-  return tf.cast(image, tf.float32), label
+def _to_float(image, *rest):
+  return (tf.cast(image, tf.float32), *rest)
 
 
 def training_batches(dataset: tf.data.Dataset, *, batch_size: int, seed: int,
                      first_epoch: int, epochs: int, steps_per_epoch: int,
                      cache_decoded: bool, image_size: int, resize: str,
-                     deterministic: bool) -> tf.data.Dataset:
+                     deterministic: bool, class_weight: Optional[Sequence[float]] = None,
+                     replica_batch_size: Optional[int] = None) -> tf.data.Dataset:
   """Batches for epochs [first_epoch, epochs), `steps_per_epoch` each.
 
   One seeded stream of reshuffled passes feeds every epoch, so an epoch shorter
@@ -181,7 +204,8 @@ def training_batches(dataset: tf.data.Dataset, *, batch_size: int, seed: int,
 
   Args:
     dataset: `records(...)` of the training split.
-    batch_size: global batch size.
+    batch_size: images per step read by this pipeline (the global batch, or
+      this worker's share of it).
     seed: run seed.
     first_epoch: epoch to start from (resume).
     epochs: total epochs.
@@ -190,9 +214,12 @@ def training_batches(dataset: tf.data.Dataset, *, batch_size: int, seed: int,
     image_size: output side.
     resize: see `decode_and_resize`.
     deterministic: keep element order fixed in parallel stages.
+    class_weight: a loss weight per class: adds a sample-weight batch.
+    replica_batch_size: split every batch into pieces of this size (several
+      replicas fed by one pipeline, as `distribute_datasets_from_function` wants).
 
   Returns:
-    A dataset of (float32 image batch in [0, 255], label batch).
+    A dataset of (float32 image batch in [0, 255], label batch[, weight batch]).
   """
   if cache_decoded:
     stream = images(dataset, image_size, resize).cache()
@@ -204,6 +231,11 @@ def training_batches(dataset: tf.data.Dataset, *, batch_size: int, seed: int,
     stream = images(stream, image_size, resize)
   batches = stream.batch(batch_size, drop_remainder=True)
   batches = batches.take(max(0, epochs - first_epoch) * steps_per_epoch)
+  if class_weight is not None:
+    weights = tf.constant(class_weight, tf.float32)
+    batches = batches.map(lambda image, label: (image, label, tf.gather(weights, label)))
+  if replica_batch_size and replica_batch_size != batch_size:
+    batches = batches.rebatch(replica_batch_size, drop_remainder=True)
   return _finish(batches.map(_to_float, num_parallel_calls=AUTOTUNE), deterministic)
 
 

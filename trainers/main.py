@@ -61,6 +61,8 @@ _CACHE = flags.DEFINE_bool("cache", False, "Keep decoded images in memory after 
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 0, "Cap batches per epoch; 0: all.")
 _VIRTUAL_DEVICES = flags.DEFINE_integer("virtual_devices", 0,
                                         "Split the CPU into N devices (testing mirrored).")
+_CLUSTER_TIMEOUT = flags.DEFINE_float("cluster_timeout", 300,
+                                      "multi_worker: seconds to wait for every TF_CONFIG task.")
 
 flags.mark_flags_as_required(["model", "model_dir"])
 
@@ -84,7 +86,7 @@ def _config() -> config_lib.Config:
       weights=_WEIGHTS.value, precision=_PRECISION.value, strategy=_STRATEGY.value,
       tpu=_TPU.value, seed=_SEED.value, deterministic=_DETERMINISTIC.value,
       cache=_CACHE.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
-      virtual_devices=_VIRTUAL_DEVICES.value)
+      virtual_devices=_VIRTUAL_DEVICES.value, cluster_timeout=_CLUSTER_TIMEOUT.value)
 
 
 def _write_flagfile(config: config_lib.Config):
@@ -101,12 +103,15 @@ def _write_flagfile(config: config_lib.Config):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  from trainers import train  # pylint: disable=g-import-not-at-top  (TF import is slow)
+  # pylint: disable=g-import-not-at-top  (TF import is slow)
+  from trainers import devices
+  from trainers import train
   try:
     config = _config()
-    _write_flagfile(config)
+    if devices.role(config.strategy).is_chief:  # only the chief writes the run folder
+      _write_flagfile(config)
     train.train_and_evaluate(config)
-  except ValueError as error:  # bad input: one line, no traceback
+  except (ValueError, devices.PeerLostError) as error:  # one line, no traceback
     sys.exit(f"error: {error}")
 
 

@@ -53,6 +53,7 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
 def atomic_write(path: str, data: bytes):
   """Writes via a temporary file and a rename: readers never see half a file."""
   directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
   handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   try:
     with os.fdopen(handle, "wb") as file:

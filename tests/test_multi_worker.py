@@ -73,10 +73,10 @@ def test_killed_worker_then_the_same_command_resumes_and_finishes(data_dir, tmp_
   os.kill(int((logs / "worker-1.pid").read_text()), signal.SIGKILL)
   killed = time.time()
   _, stderr = first.communicate(timeout=120)
-  print(f"killed worker noticed in {time.time() - killed:.1f} s")
+  print(f"the cluster ended {time.time() - killed:.1f} s after the kill")
   assert first.returncode == 128 + signal.SIGKILL, stderr[-3000:]
   assert "worker 1 was killed by signal 9" in stderr
-  assert "lost its cluster" in (logs / "worker-0.log").read_text()
+  assert "error: worker 0 lost its cluster" in (logs / "worker-0.log").read_text()
   assert not (run / "metrics.json").exists()
   resumed_from = json.loads(metadata.read_text())["epoch"]
   assert 1 <= resumed_from < 6

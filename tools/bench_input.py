@@ -6,8 +6,10 @@ Images/second at the same output size, after a warm-up, median of `--passes`:
   seed_loader       keras.utils.load_img(target_size) + img_to_array in a loop (the study)
   directory_loader  keras.utils.image_dataset_from_directory on the raw folders
   decode_ceiling    decode + resize of record bytes already in memory (per config)
-  pipeline          trainers.input_pipeline, a first (uncached) epoch (per config)
+  pipeline          trainers.input_pipeline, a whole first (uncached) epoch of the
+                    train split, shuffle-buffer fill included (per config)
   pipeline_cached   the same, an epoch after its cache was filled (per config)
+The loaders and the ceiling read --limit images; the pipeline a whole epoch.
 """
 
 import json
@@ -88,10 +90,10 @@ def decode_ceiling(config, data_dir, image_size, batch_size, limit):
   return run, len(encoded)
 
 
-def pipeline(config, data_dir, image_size, batch_size, limit, cached):
-  input_pipeline, _, records = _split(config, data_dir)
-  records = records.take(limit)
-  count = (sum(1 for _ in records) // batch_size) * batch_size
+def pipeline(config, data_dir, image_size, batch_size, cached):
+  """The trainer's pipeline over one whole epoch of the train split."""
+  input_pipeline, builder, records = _split(config, data_dir)
+  count = (builder.info.splits["train"].num_examples // batch_size) * batch_size
   dataset = input_pipeline.training_batches(
       records, batch_size=batch_size, seed=0, first_epoch=0, epochs=1,
       steps_per_epoch=count // batch_size, cache_decoded=cached, image_size=image_size,
@@ -116,7 +118,7 @@ def measure(manual_dir, data_dir, image_size=100, batch_size=64, limit=2048, pas
     run, count = decode_ceiling(config, data_dir, image_size, batch_size, limit)
     results[f"decode_ceiling/{config}"] = _rate(run, count, passes)
     for cached in (False, True):
-      run, count = pipeline(config, data_dir, image_size, batch_size, limit, cached)
+      run, count = pipeline(config, data_dir, image_size, batch_size, cached)
       key = "pipeline_cached" if cached else "pipeline"
       results[f"{key}/{config}"] = _rate(run, count, passes)
   main_config = configs[0]

@@ -7,9 +7,10 @@ r"""Runs one multi-worker training on this machine: N processes over loopback.
 Every worker gets the same command and its own TF_CONFIG (free ports on
 --host; worker 0 is the chief, which writes the run folder). The chief's output
 is shown here; every worker's output and pid go to --worker_logs
-(worker-N.log, worker-N.pid). When a worker fails, the others are stopped
-(SIGTERM, then SIGKILL: a worker blocked in a collective ignores SIGTERM) and
-its exit status is returned; otherwise the chief's. Rerunning the same command
+(worker-N.log, worker-N.pid). When a worker fails, the others get --grace
+seconds to notice and end by themselves, then SIGKILL (a worker blocked in a
+collective ignores SIGTERM), and the failed worker's exit status is returned;
+otherwise the chief's. Rerunning the same command
 resumes the run from its last finished epoch.
 """
 
@@ -31,7 +32,8 @@ _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address the workers listen on.
 _WORKER_LOGS = flags.DEFINE_string(
     "worker_logs", None, "Folder for worker-N.log and worker-N.pid (default: a temporary "
     "folder, deleted when every worker succeeds).")
-_GRACE = flags.DEFINE_float("grace", 5, "Seconds between SIGTERM and SIGKILL when stopping.")
+_GRACE = flags.DEFINE_float("grace", 20, "Seconds the other workers get to end by themselves "
+                            "after one failed, before SIGKILL.")
 
 
 def free_ports(host: str, count: int) -> list[int]:
@@ -95,10 +97,17 @@ class Cluster:
         return 0, 0
       time.sleep(0.2)
 
-  def stop(self, grace: float):
+  def stop(self, grace: float, ask_first: bool = False):
+    """Gives running workers `grace` seconds to end, then kills them.
+
+    After a worker failed, the others end by themselves once their collectives
+    notice (1-10 s, measured on loopback) and print why; a worker blocked in a
+    collective ignores SIGTERM, so SIGKILL ends the stragglers.
+    """
     running = [process for process in self.processes if process.poll() is None]
-    for process in running:
-      process.send_signal(signal.SIGTERM)
+    if ask_first:
+      for process in running:
+        process.send_signal(signal.SIGTERM)
     deadline = time.time() + grace
     for process in running:
       try:
@@ -115,7 +124,7 @@ class Cluster:
 
 
 def launch(command: list[str], workers: int, host: str = "127.0.0.1",
-           logs: str = None, grace: float = 5) -> int:
+           logs: str = None, grace: float = 20) -> int:
   """Runs `command` as a `workers`-worker cluster; returns the exit status."""
   keep_logs = logs is not None
   logs = logs or tempfile.mkdtemp(prefix="animals10-cluster-")
@@ -127,7 +136,7 @@ def launch(command: list[str], workers: int, host: str = "127.0.0.1",
 
   def interrupted(signum, frame):
     del frame
-    cluster.stop(grace)
+    cluster.stop(grace, ask_first=True)
     sys.exit(128 + signum)
 
   previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}

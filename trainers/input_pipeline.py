@@ -1,13 +1,14 @@
 """The input pipeline: pure functions from a TFDS split to batches.
 
-Records are read undecoded (file-level interleave), filtered on their metadata,
-balanced, and only then decoded, straight to the target size with the cheapest
-exact JPEG path. Nothing here knows about flags or models; nothing is ever
+Records are read from the builder's TFRecord files (parsed in batches, only the
+features used), filtered on their metadata, balanced, and only then decoded,
+straight to the target size with the cheapest exact JPEG path. Nothing here knows about flags or models; nothing is ever
 loaded into NumPy except labels and file names for balancing.
 """
 
 import dataclasses
 import hashlib
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 # Decoded images kept for shuffling in training (encoded records are shuffled
 # before decoding, so this is bytes of JPEG, about 8 kB each at 160 px).
 SHUFFLE_BUFFER = 8192
+# Serialized records parsed together (vectorised parsing).
+PARSE_BATCH = 256
 
 
 class DatasetNotBuiltError(ValueError):
@@ -61,17 +64,29 @@ def records(dataset_builder, split: str, filters: Filters = Filters(),
     shard_files: False forces record sharding (equal counts per worker).
 
   Returns:
-    A dataset of record dicts whose "image" is the encoded JPEG.
+    A dataset of record dicts: "image" (the encoded JPEG), "label", "file_name"
+    (and the filtered metadata keys).
   """
-  by_file = bool(input_context and shard_files and sharding(
-      dataset_builder, split, input_context.num_input_pipelines) == "file")
-  read_config = tfds.ReadConfig(input_context=input_context if by_file else None,
-                                try_autocache=False)
-  dataset = dataset_builder.as_dataset(
-      split=split, shuffle_files=False, read_config=read_config,
-      decoders={"image": tfds.decode.SkipDecoding()})
-  if input_context and input_context.num_input_pipelines > 1 and not by_file:
-    dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  workers = input_context.num_input_pipelines if input_context else 1
+  by_file = shard_files and sharding(dataset_builder, split, workers) == "file"
+  files = [os.fspath(path) for path in dataset_builder.info.splits[split].filepaths]
+  if by_file:
+    files = files[input_context.input_pipeline_id::workers]
+  dataset = tf.data.TFRecordDataset(files)  # the files in order: a fixed record order
+  if workers > 1 and not by_file:
+    dataset = dataset.shard(workers, input_context.input_pipeline_id)
+  # Parse only the features used below, a batch at a time: 200k records/s
+  # against 30-40k through `as_dataset` (full-scale 160px, 2 cores), and the
+  # parsing shares the cores with decoding.
+  serialized = dataset_builder.info.features.get_serialized_info()
+  used = ["image", "label", "file_name"] + [
+      key for key, allowed in (("format", filters.formats), ("mode", filters.modes),
+                               ("orientation", filters.orientations)) if allowed]
+  spec = {key: tf.io.FixedLenFeature(
+      [], tf.string if serialized[key].dtype == tf.string else tf.int64) for key in used}
+  dataset = dataset.batch(PARSE_BATCH).map(
+      lambda examples: tf.io.parse_example(examples, spec), num_parallel_calls=AUTOTUNE,
+      deterministic=True).unbatch()
   for key, allowed in (("format", filters.formats), ("mode", filters.modes),
                        ("orientation", filters.orientations)):
     if allowed:
@@ -141,7 +156,8 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int, resize: str) -> t
 
   libjpeg can decode at 1/2, 1/4 or 1/8 scale for a fraction of the cost; a
   ratio is used only when the scaled image is still at least the target size,
-  so no detail the output could show is lost.
+  so no detail the output could show is lost. "crop" decodes only the centre
+  square (libjpeg skips the other rows and columns): 1.2-1.3x faster at 160 px.
 
   Args:
     image_bytes: encoded JPEG.
@@ -157,17 +173,19 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int, resize: str) -> t
   ratios = (8, 4, 2, 1)
 
   def decode(ratio):
-    return lambda: tf.io.decode_jpeg(image_bytes, channels=3, ratio=ratio,
-                                     dct_method="INTEGER_ACCURATE")
+    if resize != "crop":
+      return lambda: tf.io.decode_jpeg(image_bytes, channels=3, ratio=ratio,
+                                       dct_method="INTEGER_ACCURATE")
+    # The crop window is in the scaled image, whose sides libjpeg rounds up.
+    height, width = (shape[0] + ratio - 1) // ratio, (shape[1] + ratio - 1) // ratio
+    side = tf.minimum(height, width)
+    window = tf.stack([(height - side) // 2, (width - side) // 2, side, side])
+    return lambda: tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3, ratio=ratio,
+                                              dct_method="INTEGER_ACCURATE")
 
   fits = [shorter // ratio >= image_size for ratio in ratios[:-1]] + [tf.constant(True)]
   index = tf.argmax(tf.cast(tf.stack(fits), tf.int32), output_type=tf.int32)
   image = tf.switch_case(index, [decode(ratio) for ratio in ratios])
-  if resize == "crop":
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    side = tf.minimum(height, width)
-    image = tf.image.crop_to_bounding_box(image, (height - side) // 2,
-                                          (width - side) // 2, side, side)
   # Area averaging is an exact box filter when shrinking and 2.5x faster here
   # than antialiased bilinear (8,300 vs 3,700 img/s at 160 -> 100 px on 2
   # cores); it only degrades when enlarging, where bilinear takes over.

@@ -77,8 +77,9 @@ def _split(config, data_dir):
 
 def decode_ceiling(config, data_dir, image_size, batch_size, limit):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  input_pipeline, _, records = _split(config, data_dir)
-  encoded = [record["image"] for record in records.take(limit)]
+  input_pipeline, builder, records = _split(config, data_dir)
+  every = max(1, builder.info.splits["train"].num_examples // limit)  # spread over the split
+  encoded = [record["image"] for record in records.shard(every, 0).take(limit)]
   in_memory = tf.data.Dataset.from_tensor_slices(tf.stack(encoded))
   dataset = in_memory.map(
       lambda data: input_pipeline.decode_and_resize(data, image_size, "crop"),
@@ -97,7 +98,8 @@ def pipeline(config, data_dir, image_size, batch_size, cached):
   dataset = input_pipeline.training_batches(
       records, batch_size=batch_size, seed=0, first_epoch=0, epochs=1,
       steps_per_epoch=count // batch_size, cache_decoded=cached, image_size=image_size,
-      resize="crop", deterministic=False)
+      resize="crop", deterministic=False,
+      record_bytes=input_pipeline.mean_record_bytes(builder))
 
   def run():
     for _ in dataset:

@@ -81,12 +81,13 @@ def throughput(data_dir, precision, image_size=100, batch_size=32, steps=40, pas
   fed = input_pipeline.training_batches(
       records, batch_size=batch_size, seed=0, first_epoch=0, epochs=passes + 1,
       steps_per_epoch=steps, cache_decoded=False, image_size=image_size, resize="crop",
-      deterministic=False)
+      deterministic=False, record_bytes=input_pipeline.mean_record_bytes(builder))
   # --cache: an epoch's worth of records, decoded once during the traced epoch.
   cached = input_pipeline.training_batches(
       records.take(steps * batch_size), batch_size=batch_size, seed=0, first_epoch=0,
       epochs=passes + 1, steps_per_epoch=steps, cache_decoded=True, image_size=image_size,
-      resize="crop", deterministic=False)
+      resize="crop", deterministic=False,
+      record_bytes=input_pipeline.mean_record_bytes(builder))
   batch = next(iter(fed))
   in_memory = tf.data.Dataset.from_tensors(batch).repeat()
   model = _model(precision, image_size)
@@ -113,7 +114,8 @@ def _rss_child(data_dir, image_size, batch_size):
   steps = images // batch_size
   dataset = input_pipeline.training_batches(
       records, batch_size=batch_size, seed=0, first_epoch=0, epochs=1, steps_per_epoch=steps,
-      cache_decoded=False, image_size=image_size, resize="crop", deterministic=False)
+      cache_decoded=False, image_size=image_size, resize="crop", deterministic=False,
+      record_bytes=input_pipeline.mean_record_bytes(builder))
   _model("float32", image_size).fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0,
                                    shuffle=False)
   print(json.dumps({"train_images": images, "peak_rss_mib": peak_rss_mib()}))

@@ -172,7 +172,8 @@ class _Data:
           steps_per_epoch=self.steps, cache_decoded=self.config.cache,
           image_size=self.config.image_size, resize=self.config.resize,
           deterministic=self.config.deterministic, class_weight=self.class_weight,
-          replica_batch_size=replica_batch)
+          replica_batch_size=replica_batch,
+          record_bytes=input_pipeline.mean_record_bytes(self.builder))
     if self.workers == 1:
       return batches()
     return self.strategy.distribute_datasets_from_function(batches)

@@ -111,6 +111,7 @@ def test_mirrored_on_two_virtual_cpus(data_dir, tmp_path):
     (["--model=mnv2", "--weights=/no/such.weights.h5"], "no such file"),
     (["--model=cnn2", "--head_units=big"], "--head_units takes integers"),
     (["--model=cnn2", "--strategy=multi_worker"], "needs the TF_CONFIG environment variable"),
+    (["--model=cnn2", "--cluster_timeout=0"], "--cluster_timeout must be positive"),
 ])
 def test_bad_input_gives_one_clear_line(data_dir, tmp_path, flags, message):
   if not any(flag.startswith("--data_dir") for flag in flags):

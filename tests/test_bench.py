@@ -41,3 +41,15 @@ def test_bench_train_reports_throughput_stall_and_memory(data_dir, tmp_path):
   assert figures["epoch_rss/0"]["peak_rss_mib"] > 100
   assert figures["epoch_rss/1"]["train_images"] == figures["epoch_rss/0"]["train_images"]
   assert figures["rss_ratio_large_vs_small"] > 0
+
+
+def test_bench_train_compares_the_frozen_phase_plain_and_on_cached_features(data_dir, tmp_path):
+  out = tmp_path / "transfer.json"
+  _run("tools.bench_train", f"--data_dir={data_dir}", "--model=mnv2", "--steps=2",
+       "--passes=1", "--image_size=32", "--batch_size=8", f"--json={out}")
+  figures = json.loads(out.read_text())
+  for key in ("plain_images_per_second", "extraction_images_per_second",
+              "head_images_per_second"):
+    assert figures[key] > 0, key
+  assert figures["speedup"] == (figures["plain_10_epochs_seconds"]
+                                / figures["cached_10_epochs_seconds"])

@@ -14,6 +14,7 @@ FILES = [f"cane/{index}.jpg" for index in range(40)]
 def _run(folder, accuracy, correct):
   folder.mkdir(parents=True)
   metrics = {column: accuracy for column in compare.COLUMNS}
+  metrics["train_seconds"] = 100 * accuracy
   (folder / "metrics.json").write_text(json.dumps(metrics))
   rows = ["file_name,label,prediction"] + [
       f"{name},dog,{'dog' if ok else 'cat'}" for name, ok in zip(FILES, correct)]
@@ -35,6 +36,7 @@ def test_mean_std_and_mcnemar(tmp_path):
   expected = stats.binomtest(0, 20, .5).pvalue
   assert math.isclose(rows["b"]["mcnemar_p"], expected)
   assert "| a | 2 | 0.8000 ± 0.0707" in table and "best" in table
+  assert "train_seconds" in table.splitlines()[0] and "| 80.0 ± 7.1 |" in table
   for name in ("comparison.png", "curves.png"):
     Image.open(tmp_path / "out" / name).verify()
   assert (tmp_path / "out" / "comparison.csv").read_text().startswith("model,seeds,")

@@ -1,5 +1,6 @@
 """The input pipeline: labels match, filters and balancing count right, decoding is exact."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -22,8 +23,8 @@ def test_images_and_labels_match_their_files(builder):
   labels, names = input_pipeline.labels_and_names(records)
   assert all(scan.FOLDERS.index(name.split("/")[0]) == label
              for label, name in zip(labels, names))
-  batch = next(iter(input_pipeline.eval_batches(records, batch_size=8, image_size=64,
-                                                resize="crop")))
+  plan = input_pipeline.EvalPlan(len(labels), batch_size=8)
+  batch = next(iter(input_pipeline.eval_batches(records, plan, image_size=64)))
   assert batch[0].shape == (8, 64, 64, 3) and batch[0].dtype == tf.float32
   np.testing.assert_array_equal(batch[1].numpy(), labels[:8])
 
@@ -90,11 +91,11 @@ def test_small_images_are_upscaled_not_overscaled():
 
 def test_training_batches_are_seeded_per_epoch(builder):
   records = input_pipeline.records(builder, "train")
-  kwargs = dict(batch_size=16, seed=3, epochs=3, steps_per_epoch=2, cache_decoded=False,
-                image_size=32, resize="crop", deterministic=True)
+  stream = input_pipeline.TrainingStream(batch_size=16, steps_per_epoch=2, epochs=3, seed=3,
+                                         image_size=32, deterministic=True)
   full = [labels.numpy().tolist() for _, labels in
-          input_pipeline.training_batches(records, first_epoch=0, **kwargs)]
-  resumed = [labels.numpy().tolist() for _, labels in
-             input_pipeline.training_batches(records, first_epoch=1, **kwargs)]
+          input_pipeline.training_batches(records, stream)]
+  resumed = [labels.numpy().tolist() for _, labels in input_pipeline.training_batches(
+      records, dataclasses.replace(stream, first_epoch=1))]
   assert len(full) == 6 and full[2:] == resumed
   assert full[0:2] != full[2:4]  # each epoch is shuffled differently

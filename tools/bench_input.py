@@ -95,11 +95,10 @@ def pipeline(config, data_dir, image_size, batch_size, cached):
   """The trainer's pipeline over one whole epoch of the train split."""
   input_pipeline, builder, records = _split(config, data_dir)
   count = (builder.info.splits["train"].num_examples // batch_size) * batch_size
-  dataset = input_pipeline.training_batches(
-      records, batch_size=batch_size, seed=0, first_epoch=0, epochs=1,
-      steps_per_epoch=count // batch_size, cache_decoded=cached, image_size=image_size,
-      resize="crop", deterministic=False,
-      record_bytes=input_pipeline.mean_record_bytes(builder))
+  dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
+      batch_size=batch_size, steps_per_epoch=count // batch_size, epochs=1,
+      image_size=image_size, cache_decoded=cached,
+      record_bytes=input_pipeline.mean_record_bytes(builder)))
 
   def run():
     for _ in dataset:

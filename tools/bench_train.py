@@ -1,7 +1,17 @@
-r"""Training throughput and memory of cnn2, fed by our pipeline.
+r"""Training throughput and memory of cnn2, fed by our pipeline; or the frozen
+phase of a transfer model, plain against cached features (`--model`).
 
     python -m tools.bench_train --data_dir=work/tensorflow_datasets \
         [--rss_data_dirs=SMALL_DATA_DIR,FULL_DATA_DIR] --json=bench_train.json
+    python -m tools.bench_train --data_dir=work/tensorflow_datasets --model=dn121
+
+With --model (mnv2, enb3 or dn121, weights=None, the `auto` precision), one run
+measures side by side: the plain frozen phase (the whole model fit on decoded
+batches), one extraction pass (images to pooled features) and the head alone
+fit on those features, each the median over --passes epochs after a traced
+one; then the 10-epoch wall time of the data set's train split both ways:
+plain = 10 x (train / plain + validation / extraction), cached = (train +
+validation) / extraction + 10 x train / head.
 
 For each precision policy this machine can run: images/second of cnn2 fed by
 `trainers.input_pipeline` (first epoch, decoding; and with --cache, after the
@@ -11,6 +21,7 @@ one full epoch, in a fresh process per dataset, to show it does not grow with
 the dataset size.
 """
 
+import dataclasses
 import json
 import os
 import resource
@@ -78,16 +89,13 @@ def throughput(data_dir, precision, image_size=100, batch_size=32, steps=40, pas
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
   builder = input_pipeline.builder("animals10_tfds/160px", data_dir)
   records = input_pipeline.records(builder, "train")
-  fed = input_pipeline.training_batches(
-      records, batch_size=batch_size, seed=0, first_epoch=0, epochs=passes + 1,
-      steps_per_epoch=steps, cache_decoded=False, image_size=image_size, resize="crop",
-      deterministic=False, record_bytes=input_pipeline.mean_record_bytes(builder))
+  stream = input_pipeline.TrainingStream(
+      batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1,
+      image_size=image_size, record_bytes=input_pipeline.mean_record_bytes(builder))
+  fed = input_pipeline.training_batches(records, stream)
   # --cache: an epoch's worth of records, decoded once during the traced epoch.
-  cached = input_pipeline.training_batches(
-      records.take(steps * batch_size), batch_size=batch_size, seed=0, first_epoch=0,
-      epochs=passes + 1, steps_per_epoch=steps, cache_decoded=True, image_size=image_size,
-      resize="crop", deterministic=False,
-      record_bytes=input_pipeline.mean_record_bytes(builder))
+  cached = input_pipeline.training_batches(records.take(steps * batch_size),
+                                           dataclasses.replace(stream, cache_decoded=True))
   batch = next(iter(fed))
   in_memory = tf.data.Dataset.from_tensors(batch).repeat()
   model = _model(precision, image_size)
@@ -112,10 +120,9 @@ def _rss_child(data_dir, image_size, batch_size):
   records = input_pipeline.records(builder, "train")
   images = builder.info.splits["train"].num_examples
   steps = images // batch_size
-  dataset = input_pipeline.training_batches(
-      records, batch_size=batch_size, seed=0, first_epoch=0, epochs=1, steps_per_epoch=steps,
-      cache_decoded=False, image_size=image_size, resize="crop", deterministic=False,
-      record_bytes=input_pipeline.mean_record_bytes(builder))
+  dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
+      batch_size=batch_size, steps_per_epoch=steps, epochs=1, image_size=image_size,
+      record_bytes=input_pipeline.mean_record_bytes(builder)))
   _model("float32", image_size).fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0,
                                    shuffle=False)
   print(json.dumps({"train_images": images, "peak_rss_mib": peak_rss_mib()}))
@@ -157,8 +164,58 @@ def measure(data_dir, rss_data_dirs=(), steps=40, passes=3, image_size=100,
   return results
 
 
+def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, passes=3,
+             epochs=10) -> dict:
+  """Frozen-phase images/second of a transfer model, plain and on cached features."""
+  import keras  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainers import devices  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers import models  # pylint: disable=g-import-not-at-top
+  precision = devices.resolve_precision("auto", "auto")
+  keras.mixed_precision.set_global_policy(precision)
+  builder = input_pipeline.builder("animals10_tfds/160px", data_dir)
+  records = input_pipeline.records(builder, "train").take(steps * batch_size)
+  stream = input_pipeline.TrainingStream(
+      batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1, image_size=image_size,
+      record_bytes=input_pipeline.mean_record_bytes(builder))
+  model = models.build_model(model_name, image_size, weights=None)
+  models.compile_for_training(model, 1e-3)
+  plain = _timed_fit(model, input_pipeline.training_batches(records, stream), steps, passes)
+  extractor, head = models.split_at_pool(model)
+  plan = input_pipeline.EvalPlan(steps * batch_size, batch_size)
+  batches = input_pipeline.eval_batches(records, plan, image_size=image_size)
+  seconds = []
+  for _ in range(passes + 1):  # the first pass traces
+    started = time.perf_counter()
+    features = extractor.predict(batches, verbose=0)
+    seconds.append(time.perf_counter() - started)
+  extraction = 1 / statistics.median(seconds[1:])
+  labels, _ = input_pipeline.labels_and_names(records)
+  feature_set = tf.data.Dataset.from_tensor_slices(
+      (features.astype(np.float32)[:len(labels)], labels))
+  models.compile_for_training(head, 1e-3)
+  head_rate = _timed_fit(head, input_pipeline.training_batches(feature_set, stream,
+                                                               decoded=True), steps, passes)
+  train = builder.info.splits["train"].num_examples
+  validation = builder.info.splits["validation"].num_examples
+  rates = {"plain": plain * batch_size, "extraction": extraction * steps * batch_size,
+           "head": head_rate * batch_size}
+  plain_seconds = epochs * (train / rates["plain"] + validation / rates["extraction"])
+  cached_seconds = (train + validation) / rates["extraction"] + epochs * train / rates["head"]
+  return {"model": model_name, "precision": precision, "image_size": image_size,
+          **{f"{name}_images_per_second": rate for name, rate in rates.items()},
+          "train_images": train, "validation_images": validation,
+          f"plain_{epochs}_epochs_seconds": plain_seconds,
+          f"cached_{epochs}_epochs_seconds": cached_seconds,
+          "speedup": plain_seconds / cached_seconds}
+
+
 def _define_flags():
   flags.DEFINE_string("data_dir", None, "A built TFDS data_dir.", required=True)
+  flags.DEFINE_enum("model", None, ["mnv2", "enb3", "dn121"],
+                    "Benchmark this transfer model's frozen phase instead of cnn2.")
   flags.DEFINE_list("rss_data_dirs", [], "Two data_dirs (small, large) for the memory check.")
   flags.DEFINE_integer("steps", 40, "Batches per timed epoch.")
   flags.DEFINE_integer("passes", 3, "Timed passes (median).")
@@ -173,8 +230,12 @@ def main(argv):
   if _FLAGS.rss_child:
     _rss_child(_FLAGS.data_dir, _FLAGS.image_size, _FLAGS.batch_size)
     return
-  results = measure(_FLAGS.data_dir, tuple(_FLAGS.rss_data_dirs), _FLAGS.steps, _FLAGS.passes,
-                    _FLAGS.image_size, _FLAGS.batch_size)
+  if _FLAGS.model:
+    results = transfer(_FLAGS.data_dir, _FLAGS.model, _FLAGS.image_size, _FLAGS.batch_size,
+                       _FLAGS.steps, _FLAGS.passes)
+  else:
+    results = measure(_FLAGS.data_dir, tuple(_FLAGS.rss_data_dirs), _FLAGS.steps,
+                      _FLAGS.passes, _FLAGS.image_size, _FLAGS.batch_size)
   for key, value in results.items():
     print(f"{key:32s} {value if isinstance(value, (str, dict)) else f'{value:.2f}'}")
   if _FLAGS.json:

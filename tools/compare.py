@@ -23,7 +23,7 @@ from absl import app
 from absl import flags
 
 COLUMNS = ("accuracy_train", "loss_train", "val_accuracy_train", "val_loss_train",
-           "accuracy_test", "precision_test", "recall_test", "f1-score_test")
+           "accuracy_test", "precision_test", "recall_test", "f1-score_test", "train_seconds")
 
 _FLAGS = flags.FLAGS
 
@@ -101,8 +101,9 @@ def markdown(rows) -> str:
   for row in rows:
     cells = [row["model"], str(row["seeds"])]
     for column in COLUMNS:
-      cells.append(f"{row[column]:.4f}" + (f" ± {row[column + '_std']:.4f}"
-                                           if row["seeds"] > 1 else ""))
+      digits = 1 if column == "train_seconds" else 4
+      cells.append(f"{row[column]:.{digits}f}" + (f" ± {row[column + '_std']:.{digits}f}"
+                                                  if row["seeds"] > 1 else ""))
     cells.append("best" if row["mcnemar_p"] is None else
                  f"{row['mcnemar_p']:.3g} ({row['discordant']})")
     lines.append("| " + " | ".join(cells) + " |")

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import time
 
 from typing import Optional
 
@@ -96,3 +97,47 @@ class StepCounter(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     self.count += 1
+
+
+class PhaseClock(keras.callbacks.Callback):
+  """Wall time and images trained of one phase, kept across resumes.
+
+  `started` is when the phase began in this process (before any feature
+  extraction or tracing). At every epoch end the phase's totals so far are
+  saved, so a resumed run adds its own time to that of the finished epochs;
+  time spent after the last finished epoch of a killed process is not counted.
+  """
+
+  def __init__(self, path: str, started: float, restore_from: Optional[str] = None,
+               images_per_step: int = 0, cached_features: bool = False):
+    super().__init__()
+    self.path, self.started = path, started
+    self.images_per_step, self.cached_features = images_per_step, cached_features
+    self.previous = self.read(restore_from or path)
+    self.images = 0
+
+  @staticmethod
+  def read(path: str) -> dict:
+    """A saved clock; zeros when there is none."""
+    clock = {"seconds": 0.0, "images": 0, "steps": 0, "cached_features": False}
+    if os.path.exists(path):
+      with open(path) as file:
+        clock.update(json.load(file))
+    return clock
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.images += self.images_per_step
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._save(0)
+
+  def finish(self, steps: int) -> dict:
+    """Saves and returns the phase's clock ({seconds, images, steps, cached_features})."""
+    return self._save(steps)
+
+  def _save(self, steps: int) -> dict:
+    clock = {"seconds": self.previous["seconds"] + time.time() - self.started,
+             "images": self.previous["images"] + self.images, "steps": steps,
+             "cached_features": self.cached_features}
+    metrics_lib.write_json(self.path, clock)
+    return clock

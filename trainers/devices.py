@@ -6,7 +6,6 @@ import os
 
 import tensorflow as tf
 
-from trainers import keras_compat
 from trainers import watchdog
 
 
@@ -142,9 +141,7 @@ def _multi_worker_strategy(this: Role, timeout: float) -> tf.distribute.Strategy
   with watchdog.deadline(timeout, this.peers,
                          f"{this.name} ({this.address}) joining its {this.num_workers}-task "
                          "cluster"):
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-  keras_compat.fix_fit_under_multi_worker()
-  return strategy
+    return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def barrier(strategy: tf.distribute.Strategy):

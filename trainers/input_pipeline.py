@@ -8,6 +8,7 @@ loaded into NumPy except labels and file names for balancing.
 
 import dataclasses
 import hashlib
+import math
 import os
 from typing import Optional, Sequence
 
@@ -217,12 +218,57 @@ def _to_float(image, *rest):
   return (tf.cast(image, tf.float32), *rest)
 
 
-def training_batches(dataset: tf.data.Dataset, *, batch_size: int, seed: int,
-                     first_epoch: int, epochs: int, steps_per_epoch: int,
-                     cache_decoded: bool, image_size: int, resize: str,
-                     deterministic: bool, class_weight: Optional[Sequence[float]] = None,
-                     replica_batch_size: Optional[int] = None,
-                     record_bytes: Optional[float] = None) -> tf.data.Dataset:
+@dataclasses.dataclass(frozen=True)
+class TrainingStream:
+  """How the training split becomes batches (see `training_batches`).
+
+  Attributes:
+    batch_size: images per step read by this pipeline (the global batch, or
+      this worker's share of it).
+    steps_per_epoch: batches per epoch.
+    epochs: total epochs.
+    first_epoch: epoch to start from (resume).
+    seed: run seed.
+    image_size: output side.
+    resize: see `decode_and_resize`.
+    cache_decoded: decode once and keep the uint8 images in memory.
+    deterministic: keep element order fixed in parallel stages.
+    class_weight: a loss weight per class: adds a sample-weight batch.
+    replica_batch_size: split every batch into pieces of this size (several
+      replicas fed by one pipeline, as `distribute_datasets_from_function` wants).
+    record_bytes: mean size of a record (`mean_record_bytes`), to size the
+      shuffle buffer; None: the largest buffer.
+  """
+
+  batch_size: int
+  steps_per_epoch: int
+  epochs: int
+  first_epoch: int = 0
+  seed: int = 0
+  image_size: int = 100
+  resize: str = "crop"
+  cache_decoded: bool = False
+  deterministic: bool = False
+  class_weight: Optional[tuple[float, ...]] = None
+  replica_batch_size: Optional[int] = None
+  record_bytes: Optional[float] = None
+
+  def shuffle_buffer(self) -> int:
+    """Elements in the shuffle buffer: as many as fit in SHUFFLE_BUFFER_BYTES.
+
+    The same for records and for their cached features, so both streams visit
+    the training split in the same order.
+    """
+    element_bytes = (self.image_size * self.image_size * 3 if self.cache_decoded
+                     else self.record_bytes)
+    if not element_bytes:
+      return SHUFFLE_BUFFER[1]
+    return int(min(max(SHUFFLE_BUFFER_BYTES // element_bytes, SHUFFLE_BUFFER[0]),
+                   SHUFFLE_BUFFER[1]))
+
+
+def training_batches(dataset: tf.data.Dataset, stream: TrainingStream,
+                     decoded: bool = False) -> tf.data.Dataset:
   """Batches for epochs [first_epoch, epochs), `steps_per_epoch` each.
 
   One seeded stream of reshuffled passes feeds every epoch, so an epoch shorter
@@ -231,55 +277,109 @@ def training_batches(dataset: tf.data.Dataset, *, batch_size: int, seed: int,
   and then sees exactly the batches an uninterrupted run would.
 
   Args:
-    dataset: `records(...)` of the training split.
-    batch_size: images per step read by this pipeline (the global batch, or
-      this worker's share of it).
-    seed: run seed.
-    first_epoch: epoch to start from (resume).
-    epochs: total epochs.
-    steps_per_epoch: batches per epoch.
-    cache_decoded: decode once and keep the uint8 images in memory.
-    image_size: output side.
-    resize: see `decode_and_resize`.
-    deterministic: keep element order fixed in parallel stages.
-    class_weight: a loss weight per class: adds a sample-weight batch.
-    replica_batch_size: split every batch into pieces of this size (several
-      replicas fed by one pipeline, as `distribute_datasets_from_function` wants).
-    record_bytes: mean size of a record (`mean_record_bytes`), to size the
-      shuffle buffer; None: the largest buffer.
+    dataset: `records(...)` of the training split; or, with `decoded`, (input,
+      label) pairs that need no decoding (cached backbone features), in the
+      records' order: they are then visited in exactly the records' order.
+    stream: batching, shuffling and decoding settings.
+    decoded: see `dataset`.
 
   Returns:
-    A dataset of (float32 image batch in [0, 255], label batch[, weight batch]).
+    A dataset of (float32 input batch, label batch[, weight batch]); images are
+    in [0, 255].
   """
-  if cache_decoded:
-    stream = images(dataset, image_size, resize).cache()
-  else:
-    stream = dataset
-  element_bytes = image_size * image_size * 3 if cache_decoded else record_bytes
-  buffer = SHUFFLE_BUFFER[1]
-  if element_bytes:
-    buffer = int(min(max(SHUFFLE_BUFFER_BYTES // element_bytes, SHUFFLE_BUFFER[0]), buffer))
-  stream = stream.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  stream = stream.skip(first_epoch * steps_per_epoch * batch_size)
-  if not cache_decoded:
-    stream = images(stream, image_size, resize)
-  batches = stream.batch(batch_size, drop_remainder=True)
-  batches = batches.take(max(0, epochs - first_epoch) * steps_per_epoch)
-  if class_weight is not None:
-    weights = tf.constant(class_weight, tf.float32)
+  elements = dataset
+  if stream.cache_decoded and not decoded:
+    elements = images(dataset, stream.image_size, stream.resize).cache()
+  elements = elements.shuffle(stream.shuffle_buffer(), seed=stream.seed,
+                              reshuffle_each_iteration=True).repeat()
+  elements = elements.skip(stream.first_epoch * stream.steps_per_epoch * stream.batch_size)
+  if not stream.cache_decoded and not decoded:
+    elements = images(elements, stream.image_size, stream.resize)
+  batches = elements.batch(stream.batch_size, drop_remainder=True)
+  batches = batches.take(max(0, stream.epochs - stream.first_epoch) * stream.steps_per_epoch)
+  if stream.class_weight is not None:
+    weights = tf.constant(stream.class_weight, tf.float32)
     batches = batches.map(lambda image, label: (image, label, tf.gather(weights, label)))
-  if replica_batch_size and replica_batch_size != batch_size:
-    batches = batches.rebatch(replica_batch_size, drop_remainder=True)
-  return _finish(batches.map(_to_float, num_parallel_calls=AUTOTUNE), deterministic)
+  if stream.replica_batch_size and stream.replica_batch_size != stream.batch_size:
+    batches = batches.rebatch(stream.replica_batch_size, drop_remainder=True)
+  return _finish(batches.map(_to_float, num_parallel_calls=AUTOTUNE), stream.deterministic)
 
 
-def eval_batches(dataset: tf.data.Dataset, *, batch_size: int, image_size: int,
-                 resize: str, cache_decoded: bool = False) -> tf.data.Dataset:
-  """Batches of a whole split in its fixed order (the last one may be partial)."""
-  batches = images(dataset, image_size, resize)
+@dataclasses.dataclass(frozen=True)
+class EvalPlan:
+  """Exact evaluation of a split with every batch full (big_vision's padding).
+
+  Replicas split each batch evenly, so a last batch of 1 image on 2 replicas
+  (one replica with no image) or of 33 (17/16) would crash a mirrored
+  evaluation. So the records are followed by masked padding examples up to
+  `steps` full batches. Records carry the sample weight `weight`, padding 0:
+  Keras's weighted metrics then count each record once, and its loss tracker,
+  which divides by every example of a batch, padding included, gets
+  sum(loss) * weight / padded = sum(loss) / records: the exact mean.
+
+  Attributes:
+    count: records in the whole split (all workers).
+    batch_size: global batch size.
+    workers: input pipelines; each reads every `workers`-th record.
+  """
+
+  count: int
+  batch_size: int
+  workers: int = 1
+
+  @property
+  def worker_batch(self) -> int:
+    return self.batch_size // self.workers
+
+  @property
+  def steps(self) -> int:
+    """Batches every worker runs: enough for the largest share."""
+    return max(1, math.ceil(math.ceil(self.count / self.workers) / self.worker_batch))
+
+  @property
+  def weight(self) -> float:
+    """Sample weight of a record: padded examples over records, all workers."""
+    return self.steps * self.batch_size / max(1, self.count)
+
+  def share(self, worker: int) -> int:
+    """Records of worker `worker` (`tf.data.Dataset.shard` takes every N-th)."""
+    return len(range(worker, self.count, self.workers))
+
+
+def eval_batches(dataset: tf.data.Dataset, plan: EvalPlan, *, image_size: int = 0,
+                 resize: str = "crop", cache_decoded: bool = False, worker: int = 0,
+                 replica_batch_size: Optional[int] = None,
+                 decoded: bool = False) -> tf.data.Dataset:
+  """Full, padded batches of a split in its fixed order (see `EvalPlan`).
+
+  Args:
+    dataset: `records(...)` of the split (this worker's share under
+      multi-worker), or (input, label) pairs with `decoded`.
+    plan: the split's `EvalPlan`.
+    image_size: output side (records only).
+    resize: see `decode_and_resize`.
+    cache_decoded: keep the decoded records in memory after the first pass.
+    worker: this pipeline's index.
+    replica_batch_size: batch of one replica when one pipeline feeds several
+      (`distribute_datasets_from_function`); default this worker's batch.
+    decoded: see `dataset`.
+
+  Returns:
+    (float32 inputs, label, weight) batches: `plan.steps` batches of this
+    worker's records then padding; the first `plan.share(worker)` examples in
+    order are the records.
+  """
+  elements = dataset if decoded else images(dataset, image_size, resize)
   if cache_decoded:
-    batches = batches.cache()
-  return _finish(batches.batch(batch_size).map(_to_float), deterministic=True)
+    elements = elements.cache()
+  weight = tf.constant(plan.weight, tf.float32)
+  elements = elements.map(lambda inputs, label: (inputs, label, weight))
+  padding = tf.data.Dataset.from_tensors(tuple(
+      tf.zeros(spec.shape, spec.dtype) for spec in elements.element_spec)).repeat()
+  total = plan.steps * plan.worker_batch
+  batches = elements.concatenate(padding).take(total).batch(
+      replica_batch_size or plan.worker_batch, drop_remainder=True)
+  return _finish(batches.map(_to_float), deterministic=True)
 
 
 def _finish(dataset: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:

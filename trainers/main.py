@@ -58,6 +58,9 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seeds Python, NumPy, TensorFlow, shuffl
 _DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
                                    "Op determinism and ordered tf.data: identical reruns.")
 _CACHE = flags.DEFINE_bool("cache", False, "Keep decoded images in memory after epoch 1.")
+_CACHE_FEATURES = flags.DEFINE_bool(
+    "cache_features", True, "Frozen phase of a transfer model without --augment: run the "
+    "backbone once per split and train the head on its cached features.")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 0, "Cap batches per epoch; 0: all.")
 _VIRTUAL_DEVICES = flags.DEFINE_integer("virtual_devices", 0,
                                         "Split the CPU into N devices (testing mirrored).")
@@ -85,7 +88,8 @@ def _config() -> config_lib.Config:
       fine_tune_layers=_FINE_TUNE_LAYERS.value, head_units=head_units,
       weights=_WEIGHTS.value, precision=_PRECISION.value, strategy=_STRATEGY.value,
       tpu=_TPU.value, seed=_SEED.value, deterministic=_DETERMINISTIC.value,
-      cache=_CACHE.value, steps_per_epoch=_STEPS_PER_EPOCH.value,
+      cache=_CACHE.value, cache_features=_CACHE_FEATURES.value,
+      steps_per_epoch=_STEPS_PER_EPOCH.value,
       virtual_devices=_VIRTUAL_DEVICES.value, cluster_timeout=_CLUSTER_TIMEOUT.value)
 
 

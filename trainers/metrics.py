@@ -11,6 +11,15 @@ import numpy as np
 STUDY_COLUMNS = ("accuracy_train", "loss_train", "val_accuracy_train", "val_loss_train",
                  "accuracy_test", "precision_test", "recall_test", "f1-score_test")
 
+# Wall-clock fields of metrics.json: the only ones that differ between two
+# identical deterministic runs.
+CLOCK_KEYS = ("train_seconds", "phases")
+
+
+def without_clock(metrics: dict) -> dict:
+  """metrics.json without its wall-clock fields (to compare two runs)."""
+  return {key: value for key, value in metrics.items() if key not in CLOCK_KEYS}
+
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
                            class_names: Sequence[str]) -> dict:

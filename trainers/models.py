@@ -12,6 +12,9 @@ from typing import Callable, Optional, Sequence
 import keras
 
 NUM_CLASSES = 10
+# The layer between a transfer model's frozen part and its head: features are
+# cached at its output (see `split_at_pool`).
+POOL_LAYER = "pool"
 # ImageNet statistics that DenseNet's "torch"-mode preprocess_input uses.
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,7 +105,7 @@ def build_model(name: str, image_size: int, *, head_units: Sequence[int] = (128,
     # unfreezing for fine-tuning: batch statistics of small batches would wreck
     # the pretrained ones.
     features = backbone(features, training=False)
-    features = keras.layers.GlobalAveragePooling2D()(features)
+    features = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(features)
   for units in head_units:
     features = keras.layers.Dense(units, activation="relu")(features)
   outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32",
@@ -133,3 +136,48 @@ def unfreeze_top(model: keras.Model, layers: int):
   for index, layer in enumerate(backbone.layers):
     top = index >= len(backbone.layers) - layers
     layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def split_at_pool(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+  """(extractor, head) of a transfer model, made of the model's own layers.
+
+  The extractor maps images to the pooled backbone features; the head maps
+  those features to probabilities. Training the head trains the model: they
+  share the layer objects, so `model` is whole afterwards.
+  """
+  pool = model.get_layer(POOL_LAYER)
+  extractor = keras.Model(model.inputs, pool.output, name=f"{model.name}_extractor")
+  features = keras.Input(pool.output.shape[1:], name="features")
+  outputs = features
+  for layer in model.layers[model.layers.index(pool) + 1:]:
+    outputs = layer(outputs)
+  return extractor, keras.Model(features, outputs, name=f"{model.name}_head")
+
+
+@keras.saving.register_keras_serializable(package="animals10")
+class MaskedAccuracy(keras.metrics.SparseCategoricalAccuracy):
+  """Accuracy over the examples whose sample weight is positive, each once.
+
+  Evaluation pads its last batch with weight-0 examples (see
+  `input_pipeline.EvalPlan`); class weights must not weight the accuracy.
+  """
+
+  def update_state(self, y_true, y_pred, sample_weight=None):
+    if sample_weight is not None:
+      sample_weight = keras.ops.cast(keras.ops.greater(sample_weight, 0), self.dtype)
+    return super().update_state(y_true, y_pred, sample_weight=sample_weight)
+
+
+def compile_for_training(model: keras.Model, learning_rate: float):
+  """Adam, cross-entropy and the padding-aware accuracy (logged as "accuracy")."""
+  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                loss="sparse_categorical_crossentropy",
+                weighted_metrics=[MaskedAccuracy(name="accuracy")])
+
+
+def compile_for_saving(model: keras.Model):
+  """Built-in loss and metric only, so the saved model.keras loads without this package."""
+  model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"])
+  # Built now, so the file's optimizer matches the model and loads without a warning.
+  model.optimizer.build(model.trainable_variables)

@@ -10,13 +10,16 @@ restore from it and keep their own state in a scratch folder they delete), and
 only the chief evaluates, once, over the whole test split.
 """
 
+import csv
 import dataclasses
+import io
 import json
 import math
 import os
 import shutil
 import tempfile
 import time
+from typing import Optional
 
 import keras
 import numpy as np
@@ -24,7 +27,9 @@ import tensorflow as tf
 
 from trainers import callbacks as callbacks_lib
 from trainers import devices
+from trainers import feature_cache
 from trainers import input_pipeline
+from trainers import keras_compat
 from trainers import metrics as metrics_lib
 from trainers import models
 
@@ -60,6 +65,9 @@ def train_and_evaluate(config) -> dict:
   keras.mixed_precision.set_global_policy(precision)
   this = devices.role(config.strategy)
   strategy = devices.make_strategy(config.strategy, config.tpu, config.cluster_timeout)
+  keras_compat.fix_symbolic_build()
+  if this.num_workers > 1:
+    keras_compat.fix_multi_worker_logs()
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
     raise ValueError(f"--batch_size={config.batch_size} does not divide by the "
@@ -82,16 +90,17 @@ def train_and_evaluate(config) -> dict:
     if config.fine_tune:
       phases.append(_Phase("fine_tune", config.fine_tune_epochs,
                            config.fine_tune_learning_rate, config.epochs))
-    steps = 0
+    clocks = {}
     for phase in phases:
-      with strategy.scope():
-        if phase.name == "fine_tune":
+      if phase.name == "fine_tune":
+        with strategy.scope():
           models.unfreeze_top(model, config.fine_tune_layers)
-        model.compile(optimizer=keras.optimizers.Adam(phase.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-      steps += _fit(model, phase, data, config, scratch or config.model_dir)
-    result = _evaluate(model, data, config) if this.is_chief else None
+      clocks[phase.name] = _fit(model, phase, data, config, this, scratch or config.model_dir)
+    with strategy.scope():  # every worker: under multi-worker, compiling is collective
+      models.compile_for_saving(model)
+    result = _evaluate(model, data, config, clocks) if this.is_chief else None
     if this.num_workers > 1:
+      steps = sum(clock["steps"] for clock in clocks.values())
       print(f"{this.name} of {this.num_workers}: {steps} training steps of "
             f"{data.worker_batch} images from its {data.sharding} share of the train split",
             flush=True)
@@ -161,39 +170,64 @@ class _Data:
     return input_pipeline.records(self.builder, split, self.filters, self.keep.get(split),
                                   input_context, shard_files)
 
-  def training(self, first_epoch: int, epochs: int):
-    """The training stream from `first_epoch` on, distributed when multi-worker."""
+  def training(self, first_epoch: int, epochs: int, features=None):
+    """The training stream from `first_epoch` on, distributed when multi-worker.
+
+    With `features` (this worker's cached `SplitFeatures` of the train split),
+    the same stream of the features instead of the decoded images.
+    """
     def batches(input_context=None):
-      replica_batch = (input_context.get_per_replica_batch_size(self.config.batch_size)
-                       if input_context else None)
-      return input_pipeline.training_batches(
-          self.records("train", input_context), batch_size=self.worker_batch,
-          seed=self.config.seed, first_epoch=first_epoch, epochs=epochs,
-          steps_per_epoch=self.steps, cache_decoded=self.config.cache,
-          image_size=self.config.image_size, resize=self.config.resize,
+      stream = input_pipeline.TrainingStream(
+          batch_size=self.worker_batch, steps_per_epoch=self.steps, epochs=epochs,
+          first_epoch=first_epoch, seed=self.config.seed, image_size=self.config.image_size,
+          resize=self.config.resize, cache_decoded=self.config.cache,
           deterministic=self.config.deterministic, class_weight=self.class_weight,
-          replica_batch_size=replica_batch,
+          replica_batch_size=(input_context.get_per_replica_batch_size(self.config.batch_size)
+                              if input_context else None),
           record_bytes=input_pipeline.mean_record_bytes(self.builder))
+      if features is not None:
+        return input_pipeline.training_batches(features.dataset(), stream, decoded=True)
+      return input_pipeline.training_batches(self.records("train", input_context), stream)
     if self.workers == 1:
       return batches()
     return self.strategy.distribute_datasets_from_function(batches)
 
-  def validation(self):
-    """(batches, steps): under multi-worker every worker takes every N-th record
-    and the same number of steps, wrapping around (a worker may count up to
-    one batch of records twice); steps is None for a single worker."""
+  def eval_plan(self, split: str) -> input_pipeline.EvalPlan:
+    return input_pipeline.EvalPlan(self.counts[split], self.config.batch_size, self.workers)
+
+  def validation(self, features=None):
+    """(batches, steps): full batches padded with weight-0 examples, so every
+    record counts exactly once on every strategy (see `input_pipeline.EvalPlan`);
+    under multi-worker each worker takes every N-th record and all run `steps`.
+    With `features` (this worker's cached validation features), of those."""
+    plan = self.eval_plan("validation")
+
     def batches(input_context=None):
-      dataset = input_pipeline.eval_batches(
-          self.records("validation", input_context, shard_files=False),
-          batch_size=(input_context.get_per_replica_batch_size(self.config.batch_size)
-                      if input_context else self.config.batch_size),
-          image_size=self.config.image_size, resize=self.config.resize,
-          cache_decoded=self.config.cache)
-      return dataset.repeat() if input_context else dataset
+      source = (features.dataset() if features is not None else
+                self.records("validation", input_context, shard_files=False))
+      return input_pipeline.eval_batches(
+          source, plan, image_size=self.config.image_size, resize=self.config.resize,
+          cache_decoded=self.config.cache and features is None,
+          worker=input_context.input_pipeline_id if input_context else 0,
+          replica_batch_size=(input_context.get_per_replica_batch_size(self.config.batch_size)
+                              if input_context else None),
+          decoded=features is not None)
     if self.workers == 1:
       return batches(), None
-    steps = math.ceil(math.ceil(self.counts["validation"] / self.workers) / self.worker_batch)
-    return self.strategy.distribute_datasets_from_function(batches), steps
+    return self.strategy.distribute_datasets_from_function(batches), plan.steps
+
+  def input_context(self) -> Optional[tf.distribute.InputContext]:
+    """This worker's InputContext under multi-worker (None otherwise), as
+    `distribute_datasets_from_function` hands it out."""
+    if self.workers == 1:
+      return None
+    contexts = []
+
+    def capture(input_context):
+      contexts.append(input_context)
+      return tf.data.Dataset.range(1)
+    self.strategy.distribute_datasets_from_function(capture)
+    return contexts[0]
 
 
 def _build(config) -> keras.Model:
@@ -213,23 +247,51 @@ def _build(config) -> keras.Model:
     raise
 
 
-def _fit(model, phase: _Phase, data: _Data, config, own_dir: str) -> int:
-  """Trains one phase, resuming from the run folder's backup; returns the steps run.
+def _fit(model, phase: _Phase, data: _Data, config, this: devices.Role, own_dir: str) -> dict:
+  """Trains one phase, resuming from the run folder's backup; returns its clock.
 
   `own_dir` is where this process writes: the run folder for the chief, a
   scratch folder for the other workers (which restore from the chief's backup).
+  The frozen phase of a transfer model trains its head on cached backbone
+  features when `feature_cache.reason_not_cached` allows (same batches, same
+  optimizer, same callbacks, on the same layer objects).
+
+  Returns:
+    {"seconds", "images", "steps", "cached_features"} of the phase: wall time
+    and images trained, summed over the processes that ran it (a resumed run
+    adds its time to the time saved at the last finished epoch).
   """
   backup_root = os.path.join(config.model_dir, "backup")
   done_path = os.path.join(backup_root, f"{phase.name}.done.weights.h5")
+  clock_name = f"{phase.name}.clock.json"
   if os.path.exists(done_path):  # finished before a kill in a later phase
     model.load_weights(done_path)
-    return 0
-  chief = own_dir == config.model_dir
-  backup_dir = os.path.join(backup_root, phase.name)
+    return callbacks_lib.PhaseClock.read(os.path.join(backup_root, clock_name))
+  started = time.time()
+  chief = this.is_chief
+  reason = feature_cache.reason_not_cached(
+      config, phase.name, images_trained=phase.epochs * data.steps * config.batch_size,
+      train_images=data.counts["train"] // config.batch_size * config.batch_size)
+  if reason and models.REGISTRY[config.model].backbone is not None:
+    print(f"info: {phase.name} phase trains end to end, features not cached: {reason}.",
+          flush=True)
+  trainee, features = model, {}
+  if reason is None:
+    with data.strategy.scope():  # models remember the strategy they are made in
+      extractor, trainee = models.split_at_pool(model)
+    features = _extract_features(extractor, data, config, this,
+                                 os.path.join(own_dir, feature_cache.FOLDER, phase.name))
+  backup_dir = os.path.join(backup_root, phase.name + ("_cached" if features else ""))
+  with data.strategy.scope():
+    models.compile_for_training(trainee, phase.learning_rate)
   first_epoch = _restored_epoch(backup_dir)
-  validation, validation_steps = data.validation()
+  validation, validation_steps = data.validation(features.get("validation"))
   steps = callbacks_lib.StepCounter()
-  callbacks = [steps]
+  clock = callbacks_lib.PhaseClock(os.path.join(own_dir, "backup", clock_name), started,
+                                   restore_from=os.path.join(backup_root, clock_name),
+                                   images_per_step=config.batch_size,
+                                   cached_features=bool(features))
+  callbacks = [steps, clock]
   if chief:
     callbacks += [
         keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False,
@@ -246,14 +308,43 @@ def _fit(model, phase: _Phase, data: _Data, config, own_dir: str) -> int:
         os.path.join(own_dir, "backup", state), restore_from=os.path.join(backup_root, state),
         monitor="val_loss", patience=config.early_stopping_patience))
   if first_epoch < phase.epochs:
-    model.fit(data.training(first_epoch, phase.epochs), validation_data=validation,
-              validation_steps=validation_steps, epochs=phase.epochs,
-              steps_per_epoch=data.steps, shuffle=False, callbacks=callbacks,
-              verbose=2 if os.environ.get("CI") or data.workers > 1 else "auto")
+    trainee.fit(data.training(first_epoch, phase.epochs, features.get("train")),
+                validation_data=validation, validation_steps=validation_steps,
+                epochs=phase.epochs, steps_per_epoch=data.steps, shuffle=False,
+                callbacks=callbacks, verbose=2 if os.environ.get("CI") or data.workers > 1
+                else "auto")
   if chief:
     model.save_weights(done_path + ".tmp.weights.h5")
     os.replace(done_path + ".tmp.weights.h5", done_path)
-  return steps.count
+  result = clock.finish(steps.count)
+  if features:
+    feature_cache.remove(os.path.join(own_dir, feature_cache.FOLDER, phase.name))
+  return result
+
+
+def _extract_features(extractor, data: _Data, config, this: devices.Role, folder: str) -> dict:
+  """This worker's cached features of the train and validation splits.
+
+  Single host: the extractor runs under the run's strategy (every replica) on
+  whole splits. Multi-worker: each worker extracts its own share of each split
+  (the records its training and validation streams read) with a local copy of
+  the extractor, so no worker waits for another.
+  """
+  input_context = data.input_context()
+  if input_context is not None:
+    extractor = feature_cache.local_copy(extractor)
+  started, images = time.time(), 0
+  features = {}
+  for split in ("train", "validation"):
+    records = data.records(split, input_context, shard_files=split == "train")
+    features[split] = feature_cache.extract(
+        extractor, records, folder=folder, split=split,
+        batch_size=data.worker_batch, image_size=config.image_size, resize=config.resize)
+    images += len(features[split])
+  seconds = time.time() - started
+  print(f"{this.name if data.workers > 1 else 'train'}: backbone features of {images} "
+        f"images ready in {seconds:.1f} s; the head trains on them.", flush=True)
+  return features
 
 
 def _restored_epoch(backup_dir: str) -> int:
@@ -264,9 +355,11 @@ def _restored_epoch(backup_dir: str) -> int:
     return int(json.load(file)["epoch"])
 
 
-def _evaluate(model, data: _Data, config) -> dict:
+def _evaluate(model, data: _Data, config, clocks: dict) -> dict:
   """Predicts the whole test split once and writes the run folder's results.
 
+  The test batches are full and padded (see `input_pipeline.EvalPlan`), so any
+  replica count evaluates every image exactly once; padded rows are dropped.
   Under multi-worker, the chief predicts with a local copy of the model (from
   the model.keras it saves), so no collective op waits for the other workers.
   """
@@ -277,10 +370,14 @@ def _evaluate(model, data: _Data, config) -> dict:
     model = keras.models.load_model(temporary)
   test_records = data.records("test")
   labels, names = input_pipeline.labels_and_names(test_records)
-  batches = input_pipeline.eval_batches(test_records, batch_size=config.batch_size,
-                                        image_size=config.image_size, resize=config.resize)
+  plan = input_pipeline.EvalPlan(len(labels), config.batch_size)
+  batches = input_pipeline.eval_batches(test_records, plan, image_size=config.image_size,
+                                        resize=config.resize)
   probabilities = model.predict(batches, verbose=0)
-  predictions = probabilities.argmax(axis=1)
+  if len(probabilities) != plan.steps * plan.batch_size:
+    raise RuntimeError(f"{len(probabilities)} test predictions for {plan.steps} batches of "
+                       f"{plan.batch_size}")
+  predictions = probabilities[:len(labels)].argmax(axis=1)
   result = {key: None for key in metrics_lib.STUDY_COLUMNS}
   history = callbacks_lib.read_history(os.path.join(out_dir, "history.csv"))
   if history:
@@ -291,11 +388,17 @@ def _evaluate(model, data: _Data, config) -> dict:
       result[column] = float(last[key])
   result.update(metrics_lib.classification_metrics(labels, predictions, data.class_names))
   result["test_images"] = int(len(labels))
-  metrics_lib.atomic_write(
-      os.path.join(out_dir, "predictions.csv"),
-      ("file_name,label,prediction\n" + "".join(
-          f"{name},{data.class_names[label]},{data.class_names[prediction]}\n"
-          for name, label, prediction in zip(names, labels, predictions))).encode())
+  result["train_seconds"] = round(sum(clock["seconds"] for clock in clocks.values()), 3)
+  result["phases"] = {name: {
+      "seconds": round(clock["seconds"], 3),
+      "images_per_second": round(clock["images"] / max(clock["seconds"], 1e-9), 3),
+      "cached_features": clock["cached_features"]} for name, clock in clocks.items()}
+  buffer = io.StringIO()
+  writer = csv.writer(buffer, lineterminator="\n")
+  writer.writerow(("file_name", "label", "prediction"))
+  writer.writerows((name, data.class_names[label], data.class_names[prediction])
+                   for name, label, prediction in zip(names, labels, predictions))
+  metrics_lib.atomic_write(os.path.join(out_dir, "predictions.csv"), buffer.getvalue().encode())
   metrics_lib.confusion_png(os.path.join(out_dir, "confusion.png"),
                             result["confusion_matrix"], data.class_names)
   os.replace(temporary, os.path.join(out_dir, "model.keras"))

@@ -1,0 +1,110 @@
+"""Cached backbone features: the same training as the plain path, resumable, saved whole."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+from trainers import config as config_lib
+from trainers import feature_cache
+from trainers import input_pipeline
+from trainers import metrics as metrics_lib
+from trainers import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# float32 and deterministic ops, so both paths can be compared to float noise.
+# DenseNet121: without pretrained weights MobileNetV2's features are all ~1e-12,
+# DenseNet's vary from image to image, so its head learns and the order counts.
+SETTINGS = dict(model="dn121", image_size=32, batch_size=16, epochs=3, learning_rate=0.03,
+                seed=4, deterministic=True, precision="float32", weights="none",
+                early_stopping_patience=2)
+
+
+@pytest.fixture(scope="module")
+def both_paths(data_dir, tmp_path_factory):
+  root = tmp_path_factory.mktemp("feature_cache")
+  runs = {}
+  for cached in (True, False):
+    folder = root / ("cached" if cached else "plain")
+    result = train.train_and_evaluate(config_lib.Config(
+        model_dir=str(folder), data_dir=str(data_dir), cache_features=cached, **SETTINGS))
+    runs[cached] = (folder, result)
+  return runs
+
+
+def test_head_on_cached_features_trains_as_the_whole_model_does(both_paths):
+  (_, cached), (_, plain) = both_paths[True], both_paths[False]
+  assert cached["phases"]["train"]["cached_features"] is True
+  assert plain["phases"]["train"]["cached_features"] is False
+  assert cached["loss_train"] < np.log(10) - 0.01  # it learned: batches and their order count
+  assert abs(cached["accuracy_test"] - plain["accuracy_test"]) <= 0.01
+  assert cached["loss_train"] == pytest.approx(plain["loss_train"], rel=0.01)
+  assert cached["val_loss_train"] == pytest.approx(plain["val_loss_train"], rel=0.01)
+
+
+def test_model_saved_after_cached_training_predicts_as_the_trained_one(both_paths, data_dir):
+  folder, result = both_paths[True]
+  assert not (folder / feature_cache.FOLDER).exists()  # the cache goes with the phase
+  model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
+  builder = input_pipeline.builder("animals10_tfds/160px", str(data_dir))
+  records = input_pipeline.records(builder, "test")
+  labels, names = input_pipeline.labels_and_names(records)
+  probabilities = model.predict(
+      input_pipeline.images(records, SETTINGS["image_size"], "crop").batch(32).map(
+          lambda image, label: keras.ops.cast(image, "float32")), verbose=0)
+  with open(folder / "predictions.csv", newline="") as file:
+    rows = list(csv.DictReader(file))
+  classes = builder.info.features["label"].names
+  assert [row["file_name"] for row in rows] == names
+  assert [row["prediction"] for row in rows] == [classes[i] for i in probabilities.argmax(1)]
+  assert result["accuracy_test"] == pytest.approx(np.mean(probabilities.argmax(1) == labels))
+
+
+def test_killed_during_extraction_the_same_command_resumes_to_the_same_result(
+    both_paths, data_dir, tmp_path):
+  run = tmp_path / "killed"
+  args = [sys.executable, "-m", "trainers.main", f"--data_dir={data_dir}",
+          f"--model_dir={run}"] + [
+              f"--{key}={value}" if not isinstance(value, bool) else f"--{key}"
+              for key, value in SETTINGS.items()]
+  process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  folder = run / feature_cache.FOLDER / "train"
+  deadline = time.time() + 240
+  while time.time() < deadline and process.poll() is None:
+    if (folder / "train.labels.npy").exists():  # train split saved, validation not yet
+      break
+    time.sleep(0.01)
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  assert (folder / "train.labels.npy").exists()
+  assert not (folder / "validation.labels.npy").exists(), "killed after the extraction"
+  resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  _, uninterrupted = both_paths[True]
+  assert (metrics_lib.without_clock(json.loads((run / "metrics.json").read_text()))
+          == metrics_lib.without_clock(uninterrupted))
+
+
+@pytest.mark.parametrize("overrides,phase,reason", [
+    (dict(), "train", None),
+    (dict(augment=True), "train", "--augment"),
+    (dict(cache_features=False), "train", "--nocache_features"),
+    (dict(model="cnn2"), "train", "no frozen backbone"),
+    (dict(fine_tune=True), "fine_tune", "top trains"),
+    (dict(steps_per_epoch=1), "train", "fewer than one pass"),
+])
+def test_features_are_cached_only_where_the_backbone_output_never_changes(overrides, phase,
+                                                                          reason):
+  config = config_lib.Config(**{**SETTINGS, "model_dir": "unused", **overrides})
+  steps = config.steps_per_epoch or 20
+  found = feature_cache.reason_not_cached(config, phase, images_trained=config.epochs * steps
+                                          * config.batch_size, train_images=300)
+  assert found is None if reason is None else reason in found

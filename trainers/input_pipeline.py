@@ -87,7 +87,7 @@ def records(dataset_builder, split: str, filters: Filters = Filters(),
       key for key, allowed in (("format", filters.formats), ("mode", filters.modes),
                                ("orientation", filters.orientations)) if allowed]
   spec = {key: tf.io.FixedLenFeature(
-      [], tf.string if serialized[key].dtype == tf.string else tf.int64) for key in used}
+      [], tf.string if serialized[key].tf_dtype == tf.string else tf.int64) for key in used}
   dataset = dataset.batch(PARSE_BATCH).map(
       lambda examples: tf.io.parse_example(examples, spec), num_parallel_calls=AUTOTUNE,
       deterministic=True).unbatch()

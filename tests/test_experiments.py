@@ -50,3 +50,11 @@ def test_quick_and_weights_override_come_after_the_flagfile():
   assert command.index("--weights=none") > command.index(
       [arg for arg in command if arg.startswith("--flagfile")][0])
   assert "--steps_per_epoch=3" in command and "--seed=1" in command
+
+
+def test_nocache_features_reaches_every_run(trainer_flags):
+  command = reproduce.command("dn121", 0, "DATA", "RUN", cache_features=False)
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["trainers.main"] + [arg for arg in command if arg.startswith("--")])
+  assert trainer_flags._config().cache_features is False  # pylint: disable=protected-access
+  assert "--nocache_features" not in reproduce.command("dn121", 0, "DATA", "RUN")

@@ -1,7 +1,8 @@
 r"""Reruns the original study's experiments and prints its comparison table.
 
     python -m tools.reproduce --data_dir=work/tensorflow_datasets --out=work/runs \
-        [--experiments=model_01,mnv2] [--seeds=0,1,2] [--quick] [--weights=none]
+        [--experiments=model_01,mnv2] [--seeds=0,1,2] [--quick] [--weights=none] \
+        [--nocache_features]
 
 One run folder per experiment and seed (OUT/<experiment>/seed_<n>), each a
 `trainers.main` run from trainers/experiments/<experiment>.flags. Finished runs
@@ -31,7 +32,8 @@ def available() -> list[str]:
                 if name.endswith(".flags"))
 
 
-def command(experiment, seed, data_dir, run_dir, quick=False, weights=None) -> list[str]:
+def command(experiment, seed, data_dir, run_dir, quick=False, weights=None,
+            cache_features=True) -> list[str]:
   """The trainers.main command of one run; later flags override the flagfile's."""
   args = [sys.executable, "-m", "trainers.main",
           f"--flagfile={os.path.join(EXPERIMENTS_DIR, experiment + '.flags')}",
@@ -42,10 +44,13 @@ def command(experiment, seed, data_dir, run_dir, quick=False, weights=None) -> l
     args += list(QUICK)
   if weights:
     args.append(f"--weights={weights}")
+  if not cache_features:
+    args.append("--nocache_features")
   return args
 
 
-def reproduce(experiments, seeds, data_dir, out, quick=False, weights=None) -> list[str]:
+def reproduce(experiments, seeds, data_dir, out, quick=False, weights=None,
+              cache_features=True) -> list[str]:
   """Runs what is not finished yet; returns every run folder."""
   unknown = sorted(set(experiments) - set(available()))
   if unknown:
@@ -60,8 +65,9 @@ def reproduce(experiments, seeds, data_dir, out, quick=False, weights=None) -> l
         print(f"{experiment} seed {seed}: already finished, skipped")
         continue
       print(f"{experiment} seed {seed}: training into {run_dir}", flush=True)
-      result = subprocess.run(command(experiment, seed, data_dir, run_dir, quick, weights),
-                              check=False)
+      result = subprocess.run(
+          command(experiment, seed, data_dir, run_dir, quick, weights, cache_features),
+          check=False)
       if result.returncode:
         raise ValueError(f"{experiment} seed {seed} failed (exit {result.returncode}); "
                          "rerun the same command to resume it.")
@@ -75,6 +81,8 @@ def _define_flags():
   flags.DEFINE_string("out", "runs", "Folder for the run folders.")
   flags.DEFINE_bool("quick", False, "Smoke run: 2 epochs of 3 steps.")
   flags.DEFINE_string("weights", None, "Override the backbones' weights (e.g. none offline).")
+  flags.DEFINE_bool("cache_features", True, "Pass --nocache_features to every run when false "
+                    "(to time the frozen phase without cached features).")
   flags.DEFINE_bool("append_workspace", False, "Append the table to WORKSPACE.md.")
 
 
@@ -83,7 +91,7 @@ def main(argv):
   try:
     seeds = [int(seed) for seed in _FLAGS.seeds]
     run_dirs = reproduce(_FLAGS.experiments or available(), seeds, _FLAGS.data_dir,
-                         _FLAGS.out, _FLAGS.quick, _FLAGS.weights)
+                         _FLAGS.out, _FLAGS.quick, _FLAGS.weights, _FLAGS.cache_features)
     workspace = (os.path.join(os.path.dirname(EXPERIMENTS_DIR), "..", "WORKSPACE.md")
                  if _FLAGS.append_workspace else None)
     print(compare.compare(run_dirs, os.path.join(_FLAGS.out, "comparison"), workspace), end="")

@@ -15,6 +15,9 @@ def _run(folder, accuracy, correct):
   folder.mkdir(parents=True)
   metrics = {column: accuracy for column in compare.COLUMNS}
   metrics["train_seconds"] = 100 * accuracy
+  metrics["per_class"] = {label: {"precision": accuracy, "recall": accuracy,
+                                  "f1-score": accuracy if label == "dog" else accuracy / 2,
+                                  "support": 20} for label in ("dog", "cat")}
   (folder / "metrics.json").write_text(json.dumps(metrics))
   rows = ["file_name,label,prediction"] + [
       f"{name},dog,{'dog' if ok else 'cat'}" for name, ok in zip(FILES, correct)]
@@ -37,7 +40,10 @@ def test_mean_std_and_mcnemar(tmp_path):
   assert math.isclose(rows["b"]["mcnemar_p"], expected)
   assert "| a | 2 | 0.8000 ± 0.0707" in table and "best" in table
   assert "train_seconds" in table.splitlines()[0] and "| 80.0 ± 7.1 |" in table
-  for name in ("comparison.png", "curves.png"):
+  f1 = compare.per_class_f1(compare.load(runs))
+  assert math.isclose(f1["a"]["dog"][0], .80) and math.isclose(f1["b"]["cat"][0], .275)
+  assert math.isclose(f1["a"]["cat"][1], math.sqrt(.005) / 2)
+  for name in ("comparison.png", "curves.png", "per_class_f1.png"):
     Image.open(tmp_path / "out" / name).verify()
   assert (tmp_path / "out" / "comparison.csv").read_text().startswith("model,seeds,")
 

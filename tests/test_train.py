@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+from PIL import Image
 import pytest
 
 from trainers import config as config_lib
@@ -43,7 +44,8 @@ def test_run_folder_has_the_study_columns_and_reruns_from_its_flagfile(data_dir,
   assert len(support) == 1  # undersampled test split: every class the same count
   for name in ("model.keras", "history.csv", "predictions.csv", "confusion.png", "flags.txt"):
     assert (run / name).stat().st_size > 0
-  assert (run / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+  for name in ("confusion.png", "per_class.png", "errors.png"):
+    Image.open(run / name).verify()  # a whole, valid PNG
   rows = (run / "predictions.csv").read_text().splitlines()
   assert rows[0] == "file_name,label,prediction" and len(rows) == metrics["test_images"] + 1
   again = _main(f"--flagfile={run / 'flags.txt'}")

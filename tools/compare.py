@@ -1,5 +1,9 @@
 r"""Compares finished runs: the study's table, seed statistics and McNemar tests.
 
+Writes comparison.md/.csv, comparison.png, curves.png and per_class_f1.png (the
+per-class test F1 of every experiment side by side: where the gap between two
+models comes from).
+
     python -m tools.compare runs/model_01/seed_0 runs/model_01/seed_1 runs/mnv2/seed_0 ...
         [--out=runs/comparison] [--append_workspace=WORKSPACE.md]
 
@@ -139,6 +143,7 @@ def charts(rows, experiments, out):
   figure.tight_layout()
   figure.savefig(os.path.join(out, "comparison.png"), dpi=90)
   pyplot.close(figure)
+  per_class_f1_png(experiments, os.path.join(out, "per_class_f1.png"))
   figure, axes = pyplot.subplots(figsize=(7, 4))
   for name, seeds in experiments.items():
     run = seeds[sorted(seeds)[0]]
@@ -151,6 +156,45 @@ def charts(rows, experiments, out):
   axes.legend(fontsize=7)
   figure.tight_layout()
   figure.savefig(os.path.join(out, "curves.png"), dpi=90)
+  pyplot.close(figure)
+
+
+def per_class_f1(experiments: dict) -> dict:
+  """{experiment: {class: (mean F1, std F1 over seeds)}} from metrics.json's per_class."""
+  table = {}
+  for name, seeds in experiments.items():
+    runs = [run["metrics"].get("per_class", {}) for run in seeds.values()]
+    classes = [label for label in runs[0]] if runs else []
+    table[name] = {}
+    for label in classes:
+      values = [run[label]["f1-score"] for run in runs if label in run]
+      mean = sum(values) / len(values)
+      std = (math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+             if len(values) > 1 else 0.0)
+      table[name][label] = (mean, std)
+  return table
+
+
+def per_class_f1_png(experiments: dict, path: str):
+  """Per-class test F1 of every experiment side by side (mean ± std over seeds)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  table = per_class_f1(experiments)
+  classes = next((list(row) for row in table.values() if row), [])
+  width = 0.8 / max(1, len(table))
+  figure, axes = pyplot.subplots(figsize=(max(8, 0.9 * len(classes)), 4))
+  for position, (name, row) in enumerate(table.items()):
+    offsets = [index - 0.4 + width * (position + 0.5) for index in range(len(classes))]
+    axes.bar(offsets, [row.get(label, (0, 0))[0] for label in classes], width=width,
+             yerr=[row.get(label, (0, 0))[1] for label in classes], capsize=2, label=name)
+  axes.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+  axes.set_ylim(0, 1)
+  axes.set_ylabel("test F1")
+  axes.set_title("Per-class F1 (mean ± std over seeds)")
+  axes.legend(fontsize=7)
+  figure.tight_layout()
+  figure.savefig(path, dpi=90)
   pyplot.close(figure)
 
 

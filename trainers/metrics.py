@@ -76,26 +76,3 @@ def atomic_write(path: str, data: bytes):
 
 def write_json(path: str, value):
   atomic_write(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
-
-
-def confusion_png(path: str, confusion: Sequence[Sequence[int]], class_names: Sequence[str]):
-  """Saves the confusion matrix as a PNG (atomically)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  matrix = np.asarray(confusion)
-  figure, axes = pyplot.subplots(figsize=(7, 6))
-  axes.imshow(matrix, cmap="Blues")
-  axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
-  axes.set_yticks(range(len(class_names)), class_names)
-  axes.set_xlabel("predicted")
-  axes.set_ylabel("true")
-  for (row, column), value in np.ndenumerate(matrix):
-    axes.text(column, row, str(value), ha="center", va="center", fontsize=7,
-              color="white" if value > matrix.max() / 2 else "black")
-  figure.tight_layout()
-  import io  # pylint: disable=g-import-not-at-top
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=100)
-  pyplot.close(figure)
-  atomic_write(path, buffer.getvalue())

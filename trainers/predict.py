@@ -35,8 +35,17 @@ def expand(paths) -> list[str]:
   return files
 
 
-def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32):
+def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
+            explain_dir: str = None):
   """Top-k predictions for each readable file.
+
+  Args:
+    model_dir: a finished run folder.
+    paths: image files and folders.
+    top_k: labels per image.
+    batch_size: images per batch.
+    explain_dir: if given, write a Grad-CAM picture of each image's top-1 class
+      there (`trainers.explain`), as `<file name>.png`.
 
   Returns:
     (results, errors): `[{path, predictions: [{label, probability}]}]` and
@@ -75,14 +84,37 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32):
       best = row.argsort()[::-1][:top_k]
       results.append({"path": path, "predictions": [
           {"label": scan.LABELS[index], "probability": float(row[index])} for index in best]})
+    if explain_dir:
+      _explain(model, dataset, good, probabilities, explain_dir)
   return results, errors
+
+
+def _explain(model, dataset, paths, probabilities, out_dir):
+  from animals10_tfds import scan  # pylint: disable=g-import-not-at-top
+  from trainers import explain  # pylint: disable=g-import-not-at-top
+  explain.feature_map(model)  # one clear line for a model it cannot explain
+  written = []
+  for images in dataset:
+    heat, top = explain.grad_cam(model, images.numpy())
+    start = len(written)
+    captions = [f"{_short(os.path.basename(path))}: {scan.LABELS[index]} "
+                f"{probabilities[start + offset, index]:.2f}"
+                for offset, (path, index) in enumerate(zip(paths[start:], top))]
+    written += explain.write(out_dir, paths[start:start + len(top)], images.numpy(), heat,
+                             captions)
+  return written
+
+
+def _short(name: str, length: int = 30) -> str:
+  return name if len(name) <= length else name[:length - 3] + "..."
 
 
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give one or more image files or folders.")
   try:
-    results, errors = predict(_FLAGS.model_dir, argv[1:], _FLAGS.top_k, _FLAGS.batch_size)
+    results, errors = predict(_FLAGS.model_dir, argv[1:], _FLAGS.top_k, _FLAGS.batch_size,
+                              _FLAGS.explain)
   except ValueError as error:
     sys.exit(f"error: {error}")
   for item in errors:
@@ -102,6 +134,8 @@ def _define_flags():
   flags.DEFINE_integer("top_k", 3, "Labels to show per image.")
   flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
   flags.DEFINE_integer("batch_size", 32, "Images per batch.")
+  flags.DEFINE_string("explain", None, "Also write DIR/<name>.png per image: the image and "
+                      "its Grad-CAM heat map for the top-1 class.")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import tensorflow as tf
 from trainers import callbacks as callbacks_lib
 from trainers import devices
 from trainers import feature_cache
+from trainers import figures
 from trainers import input_pipeline
 from trainers import keras_compat
 from trainers import metrics as metrics_lib
@@ -399,8 +400,31 @@ def _evaluate(model, data: _Data, config, clocks: dict) -> dict:
   writer.writerows((name, data.class_names[label], data.class_names[prediction])
                    for name, label, prediction in zip(names, labels, predictions))
   metrics_lib.atomic_write(os.path.join(out_dir, "predictions.csv"), buffer.getvalue().encode())
-  metrics_lib.confusion_png(os.path.join(out_dir, "confusion.png"),
-                            result["confusion_matrix"], data.class_names)
+  figures.confusion_png(os.path.join(out_dir, "confusion.png"), result["confusion_matrix"],
+                        data.class_names)
+  figures.per_class_png(os.path.join(out_dir, "per_class.png"), result["per_class"])
+  _errors_png(os.path.join(out_dir, "errors.png"), data, config, labels, names,
+              probabilities[:len(labels)])
   os.replace(temporary, os.path.join(out_dir, "model.keras"))
   metrics_lib.write_json(os.path.join(out_dir, METRICS_FILE), result)  # last: marks done
   return result
+
+
+def _errors_png(path: str, data: _Data, config, labels, names, probabilities):
+  """errors.png: the most confident test mistakes, decoded as the model saw them."""
+  selected = figures.select_errors(labels, probabilities)
+  wanted = {names[index]: index for index in selected}
+  decoded = {}
+  if wanted:
+    records = input_pipeline.records(data.builder, "test", data.filters, list(wanted))
+    for record in records.map(lambda record: (record["file_name"], input_pipeline.
+                                              decode_and_resize(record["image"],
+                                                                config.image_size,
+                                                                config.resize))):
+      decoded[record[0].numpy().decode()] = record[1].numpy()
+  captions = []
+  for index in selected:
+    predicted = int(probabilities[index].argmax())
+    captions.append(f"{os.path.basename(names[index])[:24]}\n{data.class_names[labels[index]]}"
+                    f" -> {data.class_names[predicted]} {probabilities[index, predicted]:.2f}")
+  figures.errors_png(path, [decoded[names[index]] for index in selected], captions)

@@ -63,3 +63,22 @@ def test_unfinished_run_is_a_clear_error(tmp_path):
     assert "not a finished run" in str(error)
   else:
     raise AssertionError("expected a ValueError")
+
+
+def test_folders_are_searched_for_finished_runs_and_the_comparison_is_skipped(tmp_path):
+  runs = [_run(tmp_path / "reproduce" / name / "seed_0", .5, [True] * 40)
+          for name in ("model_01", "mnv2")]
+  (tmp_path / "reproduce" / "comparison").mkdir()
+  (tmp_path / "reproduce" / "comparison" / "metrics.json").write_text("{}")  # not a run
+  (tmp_path / "reproduce" / "mnv2" / "seed_1").mkdir()  # killed: no metrics.json yet
+  assert compare.find_runs([str(tmp_path / "reproduce")]) == sorted(runs)
+  assert compare.find_runs([runs[0]]) == [runs[0]]
+  for bad in (tmp_path / "empty", tmp_path / "missing"):
+    if bad.name == "empty":
+      bad.mkdir()
+    try:
+      compare.find_runs([str(bad)])
+    except ValueError as error:
+      assert str(bad) in str(error)
+    else:
+      raise AssertionError(f"expected a ValueError for {bad}")

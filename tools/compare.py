@@ -6,6 +6,7 @@ models comes from).
 
     python -m tools.compare runs/model_01/seed_0 runs/model_01/seed_1 runs/mnv2/seed_0 ...
         [--out=runs/comparison] [--append_workspace=WORKSPACE.md]
+    python -m tools.compare work/runs/reproduce     # every finished run below it
 
 Runs are grouped by experiment: the folder name, or its parent's when the folder is
 `seed_<n>` (what tools.reproduce writes). Each column becomes mean ± standard
@@ -28,6 +29,9 @@ from absl import flags
 
 COLUMNS = ("accuracy_train", "loss_train", "val_accuracy_train", "val_loss_train",
            "accuracy_test", "precision_test", "recall_test", "f1-score_test", "train_seconds")
+
+# tools.compare's own output folder when tools.reproduce calls it.
+COMPARISON_DIR = "comparison"
 
 _FLAGS = flags.FLAGS
 
@@ -53,6 +57,36 @@ def mcnemar_p(only_first: int, only_second: int) -> float:
 def _predictions(run_dir):
   with open(os.path.join(run_dir, "predictions.csv"), newline="") as file:
     return {row["file_name"]: row["label"] == row["prediction"] for row in csv.DictReader(file)}
+
+
+def find_runs(paths) -> list[str]:
+  """The finished runs named or under the folders named, as TensorBoard finds logdirs.
+
+  A folder with a metrics.json is a run; any other folder is searched
+  recursively (sorted, skipping hidden folders and our own `comparison/` output).
+
+  Raises:
+    ValueError: a path that is neither a run nor holds one.
+  """
+  runs = []
+  for path in paths:
+    if os.path.exists(os.path.join(path, "metrics.json")):
+      runs.append(path)
+      continue
+    if not os.path.isdir(path):
+      raise ValueError(f"{path} is not a finished run (no metrics.json) nor a folder of runs.")
+    found = []
+    for root, dirs, files in os.walk(path):
+      dirs[:] = sorted(name for name in dirs
+                       if not name.startswith(".") and name != COMPARISON_DIR)
+      if "metrics.json" in files:
+        found.append(root)
+        dirs[:] = []  # a run's own subfolders (logs, backup) hold no runs
+    if not found:
+      raise ValueError(f"{path} holds no finished run (no metrics.json below it): train one "
+                       "with python -m trainers.main or tools.reproduce.")
+    runs += found
+  return runs
 
 
 def load(run_dirs) -> dict:
@@ -222,9 +256,11 @@ def _define_flags():
 
 def main(argv):
   if len(argv) < 2:
-    raise app.UsageError("Give one or more run folders.")
+    raise app.UsageError("Give one or more run folders, or folders that hold runs.")
   try:
-    print(compare(argv[1:], _FLAGS.out, _FLAGS.append_workspace), end="")
+    runs = find_runs(argv[1:])
+    print(f"compare: {len(runs)} finished run(s) found")
+    print(compare(runs, _FLAGS.out, _FLAGS.append_workspace), end="")
   except ValueError as error:
     sys.exit(f"compare: {error}")
 

@@ -48,7 +48,7 @@ def builder(dataset: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
     raise DatasetNotBuiltError(
         f"{dataset} is not built in {dataset_builder.data_dir}: run `tfds build "
         f"animals10_tfds --manual_dir=DOWNLOAD_DIR --data_dir={data_dir or '~/tensorflow_datasets'}` "
-        "from the repository root first.")
+        "first (from another folder than the repository root, add --imports animals10_tfds).")
   return dataset_builder
 
 

@@ -1,7 +1,11 @@
 r"""Trains one model of the study on the animals10_tfds dataset.
 
     python -m trainers.main --model=dn121 --fine_tune \
-        --data_dir=work/tensorflow_datasets --model_dir=work/runs/dn121
+        [--data_dir=work/tensorflow_datasets] [--model_dir=work/runs/dn121]
+
+--data_dir defaults to TFDS's (TFDS_DATA_DIR or ~/tensorflow_datasets), where a
+bare `tfds build animals10_tfds` writes; --model_dir to a new timestamped folder
+under work/runs/, printed on the first line with the command that resumes it.
 
 Every flag lives here; they become one frozen `Config` for `train_and_evaluate`.
 The run folder gets `flags.txt`, which reruns (or resumes) it with `--flagfile`.
@@ -9,6 +13,7 @@ The run folder gets `flags.txt`, which reruns (or resumes) it with `--flagfile`.
 
 import os
 import sys
+import time
 
 # TensorFlow's C++ start-up chatter would bury a one-line error; users can
 # still ask for it with TF_CPP_MIN_LOG_LEVEL=0.
@@ -23,7 +28,9 @@ from trainers import models
 _MODEL = flags.DEFINE_enum("model", None, list(models.REGISTRY), "Model to train.")
 _DATASET = flags.DEFINE_string("dataset", "animals10_tfds/160px", "TFDS name/config.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
-_MODEL_DIR = flags.DEFINE_string("model_dir", None, "Run folder (created; resumed if present).")
+_MODEL_DIR = flags.DEFINE_string(
+    "model_dir", None, "Run folder (created; resumed if present). Default: a new "
+    "work/runs/<model>-<date>-<time> under the current directory.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 100, "Input side in pixels.")
 _RESIZE = flags.DEFINE_enum("resize", "crop", config_lib.RESIZE_MODES,
                             "crop: shorter side to size, centre crop; stretch: squeeze.")
@@ -67,7 +74,7 @@ _VIRTUAL_DEVICES = flags.DEFINE_integer("virtual_devices", 0,
 _CLUSTER_TIMEOUT = flags.DEFINE_float("cluster_timeout", 300,
                                       "multi_worker: seconds to wait for every TF_CONFIG task.")
 
-flags.mark_flags_as_required(["model", "model_dir"])
+flags.mark_flags_as_required(["model"])
 
 
 def _config() -> config_lib.Config:
@@ -104,9 +111,26 @@ def _write_flagfile(config: config_lib.Config):
                        ("\n".join(sorted(lines)) + "\n").encode())
 
 
+def _new_run_folder(model: str) -> str:
+  """work/runs/<model>-<YYYYmmdd-HHMMSS>, never an existing folder."""
+  base = os.path.join("work", "runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+  path, copy = base, 1
+  while os.path.exists(path):
+    copy += 1
+    path = f"{base}-{copy}"
+  return path
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if _MODEL_DIR.value is None:
+    if _STRATEGY.value == "multi_worker":
+      sys.exit("error: --strategy=multi_worker needs --model_dir: one folder that every worker "
+               "shares (NFS, GCS).")
+    flags.FLAGS.model_dir = _new_run_folder(_MODEL.value)  # so flags.txt names it
+  print(f"run folder: {_MODEL_DIR.value} (resume or rerun: python -m trainers.main "
+        f"--flagfile={os.path.join(_MODEL_DIR.value, 'flags.txt')})", flush=True)
   # pylint: disable=g-import-not-at-top  (TF import is slow)
   from trainers import devices
   from trainers import train

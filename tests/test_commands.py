@@ -11,7 +11,9 @@ TFDS = os.path.join(os.path.dirname(sys.executable), "tfds")
 
 def test_train_without_data_dir_or_model_dir_uses_tfds_default_and_a_new_run_folder(
     data_dir, tmp_path):
-  """`python -m trainers.main --model=M`: data from TFDS_DATA_DIR, a new work/runs folder."""
+  """`python -m trainers.main --model=M`: data from TFDS_DATA_DIR, a new work/runs folder,
+  and a console with our lines and Keras's progress only (TensorFlow 2.21's own C++
+  start-up lines, printed before its log settings are read, are the exception)."""
   env = dict(os.environ, TFDS_DATA_DIR=str(data_dir))
   command = [sys.executable, "-m", "trainers.main", "--model=cnn2", "--epochs=1",
              "--steps_per_epoch=2", "--image_size=32", "--batch_size=16"]
@@ -24,6 +26,10 @@ def test_train_without_data_dir_or_model_dir_uses_tfds_default_and_a_new_run_fol
   assert f"--flagfile={folder}/flags.txt" in first
   assert json.loads((tmp_path / folder / "metrics.json").read_text())["test_images"] > 0
   assert f"--model_dir={folder}" in (tmp_path / folder / "flags.txt").read_text()
+  console = result.stdout + result.stderr
+  for noise in ("TensorInfo.dtype", "INFO:tensorflow", "dataset_info.py", "Traceback",
+                "Your input ran out of data", "use_unbounded_threadpool"):
+    assert noise not in console, noise
 
 
 def test_a_new_run_folder_is_never_an_existing_one(tmp_path, monkeypatch):

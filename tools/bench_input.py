@@ -24,49 +24,64 @@ import numpy as np
 _FLAGS = flags.FLAGS
 
 
-def _rate(run, count, passes):
-  """Median images/second of `passes` timed runs of `run` after one warm-up."""
+def _rate(run, passes):
+  """Median images/second of `passes` timed runs of `run` after one warm-up.
+
+  `run` returns how many images it really produced: a loader that drops
+  unreadable files (or whole batches) is not credited with them.
+  """
   run()
   rates = []
   for _ in range(passes):
     start = time.perf_counter()
-    run()
+    count = run()
     rates.append(count / (time.perf_counter() - start))
   return statistics.median(rates)
 
 
-def _raw_files(manual_dir, limit):
+def _count(dataset) -> int:
+  return sum(int(batch[0].shape[0]) if isinstance(batch, tuple) else int(batch.shape[0])
+             for batch in dataset)
+
+
+def _raw_root(manual_dir) -> str:
+  """The raw-img folder of `manual_dir` (the loaders read files, not Kaggle's zip)."""
   from animals10_tfds import scan  # pylint: disable=g-import-not-at-top
   source = scan.Source.find(manual_dir)
-  entries, _ = source.list()
+  if source.archive:
+    raise ValueError(f"{manual_dir} holds {source.archive}: the baseline loaders read files; "
+                     "unzip it and pass the folder that holds raw-img/.")
+  return source.root
+
+
+def _raw_files(manual_dir, limit):
+  from animals10_tfds import scan  # pylint: disable=g-import-not-at-top
+  entries, _ = scan.Source(_raw_root(manual_dir)).list()
   step = max(1, len(entries) // limit)
-  return [os.path.join(source.root, entry.path) for entry in entries[::step][:limit]]
+  return [os.path.join(_raw_root(manual_dir), entry.path)
+          for entry in entries[::step][:limit]]
 
 
 def seed_loader(files, image_size):
   import keras  # pylint: disable=g-import-not-at-top
 
-  def run():
-    arrays = [keras.utils.img_to_array(keras.utils.load_img(path, target_size=(
-        image_size, image_size))) for path in files]
-    return np.stack(arrays)
+  def run():  # centre crop, as our pipeline (--resize=crop) and the study
+    arrays = [keras.utils.img_to_array(keras.utils.load_img(
+        path, target_size=(image_size, image_size), keep_aspect_ratio=True)) for path in files]
+    return len(np.stack(arrays))
   return run
 
 
 def directory_loader(manual_dir, image_size, batch_size, limit):
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from animals10_tfds import scan  # pylint: disable=g-import-not-at-top
-  raw = scan.Source.find(manual_dir).root
   dataset = keras.utils.image_dataset_from_directory(
-      raw, image_size=(image_size, image_size), batch_size=batch_size, shuffle=False,
-      verbose=False).ignore_errors().prefetch(tf.data.AUTOTUNE)
-  dataset = dataset.take(limit // batch_size)
-
-  def run():
-    for _ in dataset:
-      pass
-  return run, (limit // batch_size) * batch_size
+      _raw_root(manual_dir), image_size=(image_size, image_size), batch_size=batch_size,
+      shuffle=False, crop_to_aspect_ratio=True, verbose=False)
+  # A file TF cannot decode fails its whole batch: dropped here, and not counted.
+  dataset = dataset.ignore_errors().take(max(1, limit // batch_size)).prefetch(
+      tf.data.AUTOTUNE)
+  return lambda: _count(dataset)
 
 
 def _split(config, data_dir):
@@ -85,43 +100,39 @@ def decode_ceiling(config, data_dir, image_size, batch_size, limit):
       lambda data: input_pipeline.decode_and_resize(data, image_size, "crop"),
       num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-  def run():
-    for _ in dataset:
-      pass
-  return run, len(encoded)
+  return lambda: _count(dataset)
 
 
 def pipeline(config, data_dir, image_size, batch_size, cached):
   """The trainer's pipeline over one whole epoch of the train split."""
   input_pipeline, builder, records = _split(config, data_dir)
-  count = (builder.info.splits["train"].num_examples // batch_size) * batch_size
+  steps = max(1, builder.info.splits["train"].num_examples // batch_size)
   dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
-      batch_size=batch_size, steps_per_epoch=count // batch_size, epochs=1,
+      batch_size=batch_size, steps_per_epoch=steps, epochs=1,
       image_size=image_size, cache_decoded=cached,
       record_bytes=input_pipeline.mean_record_bytes(builder)))
 
   def run():
-    for _ in dataset:
-      pass
+    return _count(dataset)
   if cached:
     run()  # fill the cache; _rate then warms up once more and times cached epochs
-  return run, count
+  return run
 
 
 def measure(manual_dir, data_dir, image_size=100, batch_size=64, limit=2048, passes=3,
             configs=("160px", "full")) -> dict:
   """All figures of the benchmark, images/second, plus the target ratios."""
   files = _raw_files(manual_dir, min(limit, 512))  # the slow loop gets fewer files
-  results = {"seed_loader": _rate(seed_loader(files, image_size), len(files), passes)}
-  run, count = directory_loader(manual_dir, image_size, batch_size, limit)
-  results["directory_loader"] = _rate(run, count, passes)
+  results = {"seed_loader": _rate(seed_loader(files, image_size), passes)}
+  results["directory_loader"] = _rate(
+      directory_loader(manual_dir, image_size, batch_size, limit), passes)
   for config in configs:
-    run, count = decode_ceiling(config, data_dir, image_size, batch_size, limit)
-    results[f"decode_ceiling/{config}"] = _rate(run, count, passes)
+    results[f"decode_ceiling/{config}"] = _rate(
+        decode_ceiling(config, data_dir, image_size, batch_size, limit), passes)
     for cached in (False, True):
-      run, count = pipeline(config, data_dir, image_size, batch_size, cached)
       key = "pipeline_cached" if cached else "pipeline"
-      results[f"{key}/{config}"] = _rate(run, count, passes)
+      results[f"{key}/{config}"] = _rate(
+          pipeline(config, data_dir, image_size, batch_size, cached), passes)
   main_config = configs[0]
   results["ratios"] = {
       "pipeline/directory_loader": results[f"pipeline/{main_config}"] / results["directory_loader"],

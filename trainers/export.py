@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 
 _FLAGS = flags.FLAGS
 
@@ -106,6 +107,10 @@ def export(model_dir: str, export_format: str, out: str = None, tolerance: float
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    # TensorFlow's and TFDS's INFO lines ("Load dataset info from ...", "Reduce to
+    # /job:localhost ...") are for their developers; --verbosity=0 shows them.
+    logging.set_verbosity(logging.WARNING)
   try:
     export(_FLAGS.model_dir, _FLAGS.format, _FLAGS.out, _FLAGS.tolerance, _FLAGS.check_images)
   except ValueError as error:

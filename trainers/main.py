@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 
 from trainers import config as config_lib
 from trainers import models
@@ -124,6 +125,10 @@ def _new_run_folder(model: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    # TensorFlow's and TFDS's INFO lines ("Load dataset info from ...", "Reduce to
+    # /job:localhost ...") are for their developers; --verbosity=0 shows them.
+    logging.set_verbosity(logging.WARNING)
   if _MODEL_DIR.value is None:
     if _STRATEGY.value == "multi_worker":
       sys.exit("error: --strategy=multi_worker needs --model_dir: one folder that every worker "

@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 
 _FLAGS = flags.FLAGS
 
@@ -112,6 +113,10 @@ def _short(name: str, length: int = 30) -> str:
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give one or more image files or folders.")
+  if not flags.FLAGS["verbosity"].present:
+    # TensorFlow's and TFDS's INFO lines ("Load dataset info from ...", "Reduce to
+    # /job:localhost ...") are for their developers; --verbosity=0 shows them.
+    logging.set_verbosity(logging.WARNING)
   try:
     results, errors = predict(_FLAGS.model_dir, argv[1:], _FLAGS.top_k, _FLAGS.batch_size,
                               _FLAGS.explain)

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 from PIL import Image
@@ -127,3 +128,75 @@ def test_imagenet_weights_without_network_say_what_to_do(monkeypatch, tmp_path):
   config = _config("unused", tmp_path, model="mnv2", image_size=32, weights="imagenet")
   with pytest.raises(ValueError, match="use --weights=none or a local weights file"):
     train._build(config)  # pylint: disable=protected-access
+
+
+def test_resume_from_a_cut_short_backup_uses_the_epoch_of_the_weights_restored(data_dir,
+                                                                              tmp_path):
+  """latest.weights.h5 cut short (a crash mid-save): Keras restores the previous epoch's
+  .bkp copy, so the data stream must resume from that epoch too."""
+  straight = train.train_and_evaluate(_config(data_dir, tmp_path / "straight", epochs=3))
+  run = tmp_path / "cut"
+  train.train_and_evaluate(_config(data_dir, run, epochs=2))
+  for name in ("metrics.json", "model.keras", "backup/train.done.weights.h5"):
+    (run / name).unlink()  # as if killed in epoch 3 of 3: backups of epochs 2 and 1 remain
+  weights = run / "backup" / "train" / "latest.weights.h5"
+  weights.write_bytes(weights.read_bytes()[:5000])
+  resumed = train.train_and_evaluate(_config(data_dir, run, epochs=3))
+  assert metrics_lib.without_clock(resumed) == metrics_lib.without_clock(straight)
+  rows = (run / "history.csv").read_text().splitlines()
+  assert len(rows) == 4  # header + 3 epochs: epoch 2 ran again and replaced its row
+  for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
+    path = run / "backup" / "train" / name
+    path.write_bytes(path.read_bytes()[:5000])
+  (run / "metrics.json").unlink()
+  (run / "backup" / "train.done.weights.h5").unlink()
+  with pytest.raises(ValueError, match="delete .* to train this phase again"):
+    train.train_and_evaluate(_config(data_dir, run, epochs=3))
+
+
+def test_a_second_process_on_a_run_folder_stops_with_one_line(data_dir, tmp_path):
+  from trainers import run_lock  # pylint: disable=g-import-not-at-top
+  holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+      import sys, time
+      from trainers import run_lock
+      with run_lock.hold({str(tmp_path / "run")!r}):
+        print("held", flush=True)
+        time.sleep(60)
+      """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    result = _main("--model=cnn2", f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"is in use by pid {holder.pid}" in result.stderr
+  finally:
+    holder.kill()  # SIGKILL: the kernel releases its lock
+    holder.wait()
+  with run_lock.hold(str(tmp_path / "run")):  # a dead holder's lock is taken over
+    assert json.loads((tmp_path / "run" / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_unreadable_metrics_json_is_an_unfinished_run_and_is_written_again(data_dir,
+                                                                          tmp_path):
+  first = train.train_and_evaluate(_config(data_dir, tmp_path / "run", epochs=1))
+  (tmp_path / "run" / "metrics.json").write_text('{"accuracy_train": 0.5,\n "loss')
+  again = train.train_and_evaluate(_config(data_dir, tmp_path / "run", epochs=1))
+  assert metrics_lib.without_clock(again) == metrics_lib.without_clock(first)
+  assert json.loads((tmp_path / "run" / "metrics.json").read_text())["accuracy_test"] == (
+      first["accuracy_test"])
+
+
+@pytest.mark.parametrize("make", ["regular_file", "under_a_file", "read_only"])
+def test_unwritable_model_dir_is_one_clear_error(data_dir, tmp_path, make):
+  target = tmp_path / "run"
+  if make == "regular_file":
+    target.write_text("not a folder")
+  elif make == "under_a_file":
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "run"
+  else:
+    target.mkdir()
+    target.chmod(0o500)
+    if os.access(target, os.W_OK):  # root ignores permissions
+      pytest.skip("running as root: a read-only folder is still writable")
+  with pytest.raises(ValueError, match="cannot be written"):
+    train.train_and_evaluate(_config(data_dir, target))

@@ -96,8 +96,13 @@ def load(run_dirs) -> dict:
     path = os.path.join(run_dir, "metrics.json")
     if not os.path.exists(path):
       raise ValueError(f"{run_dir} is not a finished run (no metrics.json).")
-    with open(path) as file:
-      metrics = json.load(file)
+    try:
+      with open(path) as file:
+        metrics = json.load(file)
+    except ValueError as error:
+      raise ValueError(f"{path} is unreadable ({error}): rerun that run's command "
+                       "(python -m trainers.main --flagfile=RUN/flags.txt) to write it "
+                       "again.") from None
     name, seed = experiment_of(run_dir)
     experiments[name][seed] = {"dir": run_dir, "metrics": metrics}
   return dict(experiments)

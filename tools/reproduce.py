@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from tools import compare
+from trainers import run_lock
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "trainers", "experiments")
@@ -90,8 +91,9 @@ def main(argv):
   del argv
   try:
     seeds = [int(seed) for seed in _FLAGS.seeds]
-    run_dirs = reproduce(_FLAGS.experiments or available(), seeds, _FLAGS.data_dir,
-                         _FLAGS.out, _FLAGS.quick, _FLAGS.weights, _FLAGS.cache_features)
+    with run_lock.hold(_FLAGS.out, "tools.reproduce"):  # one reproduction per folder
+      run_dirs = reproduce(_FLAGS.experiments or available(), seeds, _FLAGS.data_dir,
+                           _FLAGS.out, _FLAGS.quick, _FLAGS.weights, _FLAGS.cache_features)
     workspace = (os.path.join(os.path.dirname(EXPERIMENTS_DIR), "..", "WORKSPACE.md")
                  if _FLAGS.append_workspace else None)
     print(compare.compare(run_dirs, os.path.join(_FLAGS.out, compare.COMPARISON_DIR), workspace), end="")

@@ -101,15 +101,12 @@ def _config() -> config_lib.Config:
       virtual_devices=_VIRTUAL_DEVICES.value, cluster_timeout=_CLUSTER_TIMEOUT.value)
 
 
-def _write_flagfile(config: config_lib.Config):
-  """flags.txt in the run folder: `--flagfile=RUN/flags.txt` reruns the run."""
-  os.makedirs(config.model_dir, exist_ok=True)
+def _flagfile() -> str:
+  """The text of flags.txt: `--flagfile=RUN/flags.txt` reruns (or resumes) the run."""
   holders = [value for value in globals().values() if isinstance(value, flags.FlagHolder)]
   lines = [flags.FLAGS[holder.name].serialize() for holder in holders
            if holder.value is not None]
-  from trainers import metrics  # pylint: disable=g-import-not-at-top
-  metrics.atomic_write(os.path.join(config.model_dir, "flags.txt"),
-                       ("\n".join(sorted(lines)) + "\n").encode())
+  return "\n".join(sorted(lines)) + "\n"
 
 
 def _new_run_folder(model: str) -> str:
@@ -141,9 +138,7 @@ def main(argv):
   from trainers import train
   try:
     config = _config()
-    if devices.role(config.strategy).is_chief:  # only the chief writes the run folder
-      _write_flagfile(config)
-    train.train_and_evaluate(config)
+    train.train_and_evaluate(config, flagfile=_flagfile())  # only the chief writes it
   except (ValueError, devices.PeerLostError) as error:  # one line, no traceback
     sys.exit(f"error: {error}")
 

@@ -10,6 +10,7 @@ restore from it and keep their own state in a scratch folder they delete), and
 only the chief evaluates, once, over the whole test split.
 """
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -33,6 +34,7 @@ from trainers import input_pipeline
 from trainers import keras_compat
 from trainers import metrics as metrics_lib
 from trainers import models
+from trainers import run_lock
 
 METRICS_FILE = "metrics.json"
 
@@ -45,11 +47,16 @@ class _Phase:
   epoch_offset: int
 
 
-def train_and_evaluate(config) -> dict:
+def train_and_evaluate(config, flagfile: Optional[str] = None) -> dict:
   """Trains, evaluates on the test split and writes the run folder.
+
+  The chief holds the run folder's lock (`run_lock`) throughout: a second
+  process on the same folder stops with one line.
 
   Args:
     config: a `trainers.config.Config`.
+    flagfile: the command line's flags, written to RUN/flags.txt once the lock
+      is held (`trainers.main` passes them).
 
   Returns:
     The metrics written to metrics.json.
@@ -73,14 +80,21 @@ def train_and_evaluate(config) -> dict:
   if config.batch_size % replicas:
     raise ValueError(f"--batch_size={config.batch_size} does not divide by the "
                      f"{replicas} replicas: use a multiple of {replicas}.")
-  if this.is_chief:
-    os.makedirs(config.model_dir, exist_ok=True)
-  if os.path.exists(os.path.join(config.model_dir, METRICS_FILE)):
-    with open(os.path.join(config.model_dir, METRICS_FILE)) as file:
-      result = json.load(file)
+  with run_lock.hold(config.model_dir) if this.is_chief else contextlib.nullcontext():
+    return _train_and_evaluate(config, strategy, this, precision, started, flagfile)
+
+
+def _train_and_evaluate(config, strategy, this: devices.Role, precision: str,
+                        started: float, flagfile: Optional[str]) -> dict:
+  """`train_and_evaluate` once the run folder is this process's."""
+  replicas = strategy.num_replicas_in_sync
+  finished = _finished_metrics(config.model_dir)
+  if finished is not None:
     print(f"{config.model_dir} already holds a finished run (use a new --model_dir to "
-          f"train again): {_summary_row(result)}")
-    return result
+          f"train again): {_summary_row(finished)}")
+    return finished
+  if flagfile is not None and this.is_chief:
+    metrics_lib.atomic_write(os.path.join(config.model_dir, "flags.txt"), flagfile.encode())
 
   scratch = None if this.is_chief else tempfile.mkdtemp(prefix=f"animals10-worker{this.index}-")
   try:
@@ -123,6 +137,29 @@ def train_and_evaluate(config) -> dict:
     print(f"{config.model} ({precision}, {replicas} replica(s), "
           f"{time.time() - started:.0f} s): {_summary_row(result)} -> {config.model_dir}")
   return result
+
+
+def _finished_metrics(model_dir: str) -> Optional[dict]:
+  """metrics.json of a finished run; None if there is none or it cannot be read.
+
+  metrics.json is written last and atomically, so an unreadable one was damaged
+  afterwards: the run is then treated as unfinished and its results written
+  again from the backups (no epoch is trained twice).
+  """
+  path = os.path.join(model_dir, METRICS_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as file:
+      result = json.load(file)
+    if isinstance(result, dict) and "accuracy_test" in result:
+      return result
+    problem = "not a metrics table"
+  except (OSError, ValueError) as error:
+    problem = str(error)
+  print(f"info: {path} is unreadable ({problem}): treating the run as unfinished and "
+        "writing its results again.", flush=True)
+  return None
 
 
 def _summary_row(result: dict) -> str:
@@ -285,7 +322,7 @@ def _fit(model, phase: _Phase, data: _Data, config, this: devices.Role, own_dir:
   backup_dir = os.path.join(backup_root, phase.name + ("_cached" if features else ""))
   with data.strategy.scope():
     models.compile_for_training(trainee, phase.learning_rate)
-  first_epoch = _restored_epoch(backup_dir)
+  first_epoch = _restored_epoch(trainee, backup_dir, data.strategy)
   validation, validation_steps = data.validation(features.get("validation"))
   steps = callbacks_lib.StepCounter()
   clock = callbacks_lib.PhaseClock(os.path.join(own_dir, "backup", clock_name), started,
@@ -348,11 +385,47 @@ def _extract_features(extractor, data: _Data, config, this: devices.Role, folder
   return features
 
 
-def _restored_epoch(backup_dir: str) -> int:
-  path = os.path.join(backup_dir, "training_metadata.json")
-  if not os.path.exists(path):
+def _restored_epoch(model, backup_dir: str, strategy) -> int:
+  """The epoch to resume from: the one of the weights Keras will actually restore.
+
+  Keras's BackupAndRestore loads latest.weights.h5 with the epoch of
+  training_metadata.json, and falls back to the previous epoch's `.bkp` pair
+  only when loading raises OSError. A file cut short by a crash or a full disk
+  can raise other errors, and we read the epoch before Keras falls back: so
+  here the weights are loaded first, and if they do not load, the `.bkp` pair
+  is put in place (as Keras would) before its epoch is read. The data stream
+  and the weights then always agree, or the run stops with one line.
+  """
+  weights = os.path.join(backup_dir, "latest.weights.h5")
+  metadata = os.path.join(backup_dir, "training_metadata.json")
+  if not os.path.exists(metadata):
     return 0
-  with open(path) as file:
+  with strategy.scope():
+    if model.optimizer is not None and not model.optimizer.built:
+      model.optimizer.build(model.trainable_variables)  # its state is in the file too
+  try:
+    model.load_weights(weights)
+  except Exception as error:  # pylint: disable=broad-except  (h5py, Keras: many types)
+    candidate = weights[:-len(".weights.h5")] + ".previous.weights.h5"  # Keras wants the suffix
+    try:
+      shutil.copyfile(weights + ".bkp", candidate)
+      model.load_weights(candidate)
+      with open(metadata + ".bkp") as file:
+        epoch = int(json.load(file)["epoch"])
+    except Exception:  # pylint: disable=broad-except
+      if os.path.exists(candidate):
+        os.remove(candidate)
+      raise ValueError(
+          f"the backup {weights} cannot be loaded ({type(error).__name__}) and neither can "
+          f"its previous copy: delete {backup_dir} to train this phase again from its "
+          "start.") from None
+    os.replace(candidate, weights)  # loaded: Keras restores this same pair
+    shutil.copyfile(metadata + ".bkp", metadata + ".tmp")
+    os.replace(metadata + ".tmp", metadata)
+    print(f"info: {weights} cannot be loaded ({type(error).__name__}); resuming from the "
+          f"previous backup, after epoch {epoch}.", flush=True)
+    return epoch
+  with open(metadata) as file:
     return int(json.load(file)["epoch"])
 
 

@@ -10,6 +10,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_addoption(parser):
+  parser.addoption("--slow", action="store_true",
+                   help="also run the tests marked slow (CI always does)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked slow (minutes of model building and tracing) run in CI, or with --slow."""
+  if config.getoption("--slow") or os.environ.get("CI"):
+    return
+  skip = pytest.mark.skip(reason="slow: runs in CI (CI=true) or with --slow")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
   """A generated raw-img tree: 40 images per class."""

@@ -19,6 +19,8 @@ from trainers import metrics as metrics_lib
 from trainers import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Several transfer models built and traced: minutes on 2 cores (CI runs them).
+pytestmark = pytest.mark.slow
 # float32 and deterministic ops, so both paths can be compared to float noise.
 # DenseNet121: without pretrained weights MobileNetV2's features are all ~1e-12,
 # DenseNet's vary from image to image, so its head learns and the order counts.

@@ -1,6 +1,7 @@
-"""Two fixes that let Keras 3's `Model.fit` run under tf.distribute strategies.
+"""Three fixes for Keras 3.15 behaviour this trainer cannot live with.
 
-With TF 2.21 / Keras 3.15 (keras-team/keras#20585, tensorflow/tensorflow#72388):
+Two let `Model.fit` run under tf.distribute strategies, with TF 2.21 / Keras 3.15
+(keras-team/keras#20585, tensorflow/tensorflow#72388):
 
 1. `TensorFlowTrainer._maybe_symbolic_build`, at the start of fit, evaluate and
    predict under any strategy, takes a first batch and averages it across
@@ -19,6 +20,17 @@ With TF 2.21 / Keras 3.15 (keras-team/keras#20585, tensorflow/tensorflow#72388):
 
 Both fail loudly if a Keras release moved the code; tests/test_train.py and
 tests/test_multi_worker.py show when a new Keras no longer needs them.
+
+3. A functional model passes its own `training` value to every layer it calls,
+   overriding a `training=False` written at the call (`functional.operation_fn`
+   injects the outer value into the node's kwargs). So a pretrained backbone
+   called with `training=False`, as the Keras transfer-learning guide and the
+   study do, runs in training mode during `fit`: EfficientNetV2B3's
+   stochastic-depth Dropout layers drop whole residual branches.
+   (BatchNormalization is spared only because a frozen BN layer always runs in
+   inference mode.) `keep_inference_mode` makes one nested layer keep the
+   `training` value of its own call; tests/test_models.py shows when a new
+   Keras no longer needs it.
 """
 
 import keras
@@ -80,3 +92,16 @@ def fix_multi_worker_logs():
 
   tf_trainer.reduce_per_replica = reduce_logs
   _APPLIED.add("multi_worker_logs")
+
+
+def keep_inference_mode(layer: keras.layers.Layer):
+  """Makes `layer` keep the `training=` of its call inside a functional model.
+
+  It takes `training` out of the arguments the enclosing model propagates, so
+  the value recorded when the model was built (False for backbones) stays. It
+  changes no weights or config: a saved model is unchanged and loads anywhere.
+  """
+  if not isinstance(getattr(layer, "_call_context_args", None), set):
+    raise RuntimeError(f"Keras {keras.__version__} changed how layers receive `training`: "
+                       "update trainers/keras_compat.keep_inference_mode.")
+  layer._call_context_args = layer._call_context_args - {"training"}  # pylint: disable=protected-access

@@ -11,6 +11,8 @@ from typing import Callable, Optional, Sequence
 
 import keras
 
+from trainers import keras_compat
+
 NUM_CLASSES = 10
 # The layer between a transfer model's frozen part and its head: features are
 # cached at its output (see `split_at_pool`).
@@ -101,9 +103,11 @@ def build_model(name: str, image_size: int, *, head_units: Sequence[int] = (128,
     backbone = spec.backbone(include_top=False, weights=weights,
                              input_shape=(image_size, image_size, 3))
     backbone.trainable = False
-    # training=False keeps BatchNormalization in inference mode, also after
-    # unfreezing for fine-tuning: batch statistics of small batches would wreck
-    # the pretrained ones.
+    # Inference mode (BatchNormalization on its moving statistics, no
+    # stochastic-depth dropout), also after unfreezing for fine-tuning: batch
+    # statistics of small batches would wreck the pretrained ones. Keras 3
+    # would override training=False with fit's training=True without the fix.
+    keras_compat.keep_inference_mode(backbone)
     features = backbone(features, training=False)
     features = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER)(features)
   for units in head_units:

@@ -1,6 +1,9 @@
 """animals10_tfds: Kaggle's Animals-10, deduplicated, with stable splits."""
 
+import contextlib
 import dataclasses
+import fcntl
+import os
 import time
 from typing import Optional
 
@@ -9,7 +12,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from animals10_tfds import grouping
+from animals10_tfds import image as image_lib
 from animals10_tfds import scan as scan_lib
+from animals10_tfds import source as source_lib
 from animals10_tfds import spool as spool_lib
 
 _DESCRIPTION = """
@@ -19,7 +24,7 @@ file's hash, perceptual hash, size, mode, format and orientation. Identical file
 are stored once; near-duplicate groups never straddle splits.
 """
 
-_HOMEPAGE = "https://www.kaggle.com/datasets/alessiocorrado99/animals10"
+_HOMEPAGE = source_lib.KAGGLE_URL
 
 # Shorter side of the pre-resized configs: decoding a 160 px JPEG is 3-4x faster
 # than a full-size one and 160 still covers the 100-150 px inputs of the study.
@@ -49,12 +54,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "First release: dedup, near-duplicate-aware splits."}
   BUILDER_CONFIGS = _make_configs()
   DEFAULT_CONFIG_NAME = "160px"
-  MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
-  Download Animals-10 from {_HOMEPAGE} (a free Kaggle login is needed) and put
-  `archive.zip` as downloaded, or its unpacked `raw-img/` folder, in the manual
-  dir: `tfds build animals10_tfds --manual_dir=DIR` (default
-  ~/tensorflow_datasets/downloads/manual/).
-  """
+  # One line: TFDS prints it last, after its traceback, so its first words
+  # say what to do.
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      f"{source_lib.PUT_THE_DOWNLOAD} in the manual dir and build again: "
+      "tfds build animals10_tfds --manual_dir=DIR (default "
+      "~/tensorflow_datasets/downloads/manual/; the download needs a free Kaggle login).")
   # Worker processes for the scan; None means one per core.
   scan_workers: Optional[int] = None
 
@@ -65,7 +70,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, 3),
                                          encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(names=scan_lib.LABELS),
+            "label": tfds.features.ClassLabel(names=source_lib.LABELS),
             "file_name": tfds.features.Text(),
             "sha256": tfds.features.Text(),
             "phash": tfds.features.Scalar(
@@ -82,12 +87,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(),
     )
 
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    """Builds under a lock on the config's folder, clearing killed builds' leftovers."""
+    with _build_lock(self.data_path.parent, self.builder_config.name):
+      _remove_incomplete_siblings(self.data_path)
+      return super()._download_and_prepare(dl_manager, download_config)
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Scans, deduplicates and groups the images, then returns the splits."""
-    source = scan_lib.Source.find(dl_manager.manual_dir)
+    source = source_lib.Source.find(dl_manager.manual_dir)
     entries, skipped = source.list()
-    spool = spool_lib.Spool()
-    good = []
+    # In the build's own (incomplete) folder: on the disk meant for the data
+    # set, not in a possibly small $TMPDIR.
+    spool = spool_lib.Spool(os.fspath(self.data_path))
+    good, locations = [], {}
     start = time.time()
     for result in scan_lib.scan(source, entries,
                                 short_side=self.builder_config.short_side,
@@ -95,29 +108,35 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if result.error:
         skipped.append({"path": result.path, "reason": result.error})
         continue
-      result.encoded = spool.append(result.encoded)
+      locations[result.path] = spool.append(result.encoded)
+      result.encoded = None
       good.append(result)
     seconds = time.time() - start
     kept, duplicates = grouping.drop_exact_duplicates(good)
     splits, groups = grouping.assign_splits(kept)
+    empty = [name for name, results in splits.items() if not results]
+    if empty:
+      raise ValueError(
+          f"Add images to {source.archive or source.root} and build again: its "
+          f"{len(kept)} usable distinct image(s) leave the {', '.join(empty)} split(s) "
+          f"empty ({len(skipped)} file(s) skipped, {len(duplicates)} duplicate(s)).")
     self.info.metadata.update(_metadata(skipped, duplicates, groups, splits))
     logging.info(_summary(self.builder_config.name, len(entries), seconds,
                           self.info.metadata))
     spool.expect_readers(len(splits))
-    return {name: self._generate_examples(results, spool)
+    return {name: self._generate_examples(results, spool, locations)
             for name, results in splits.items()}
 
-  def _generate_examples(self, results, spool):
+  def _generate_examples(self, results, spool, locations):
     """Yields the records of one split, reading the spooled JPEG bytes."""
     try:
       for result in results:
         yield result.path, {
-            "image": spool.read(result.encoded),
+            "image": spool.read(locations[result.path]),
             "label": result.label,
             "file_name": result.path,
             "sha256": result.sha256,
-            "phash": result.phash - (1 << 64) if result.phash >= 1 << 63
-                     else result.phash,
+            "phash": image_lib.phash_to_int64(result.phash),
             "width": result.width,
             "height": result.height,
             "mode": result.mode,
@@ -128,12 +147,41 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       spool.release()
 
 
+@contextlib.contextmanager
+def _build_lock(folder, config):
+  """An exclusive lock on the config's folder for the build's lifetime.
+
+  It is an flock on the folder itself, so the kernel drops it when a build is
+  killed, and nothing is left on disk.
+  """
+  handle = os.open(os.fspath(folder), os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise RuntimeError(f"Wait for the other build of animals10_tfds/{config} into "
+                         f"{folder} to finish (or stop it), then build again.") from None
+    yield
+  finally:
+    os.close(handle)
+
+
+def _remove_incomplete_siblings(building):
+  """Removes the incomplete folders that killed builds of this version left."""
+  prefix = tfds.core.constants.INCOMPLETE_PREFIX
+  for folder in building.parent.iterdir():
+    if (folder.name.startswith(prefix) and folder.name.endswith("_" + building.name.split("_")[-1])
+        and folder.name != building.name and folder.is_dir()):
+      logging.info("Removing %s, left by a build that did not finish.", folder)
+      folder.rmtree()
+
+
 def _metadata(skipped, duplicates, groups, splits):
   counts = {}
   for name, results in splits.items():
-    per_class = dict.fromkeys(scan_lib.LABELS, 0)
+    per_class = dict.fromkeys(source_lib.LABELS, 0)
     for result in results:
-      per_class[scan_lib.LABELS[result.label]] += 1
+      per_class[source_lib.LABELS[result.label]] += 1
     counts[name] = per_class
   return {
       "skipped": sorted(skipped, key=lambda item: item["path"]),

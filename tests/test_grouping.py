@@ -7,17 +7,18 @@ from PIL import Image
 
 from animals10_tfds import grouping
 from animals10_tfds import scan
+from animals10_tfds import source
 from tools import make_sample
 
 
 def _scan(path, data):
-  return scan.scan_bytes(scan.Entry(path, scan.FOLDERS.index(path.split("/")[0])), data)
+  return scan.scan_bytes(source.Entry(path, source.FOLDERS.index(path.split("/")[0])), data)
 
 
 def _sample(count, seed=3, folder="cane"):
   results = []
   for index in range(count):
-    task = make_sample.ImageTask(folder, scan.FOLDERS.index(folder), index, seed)
+    task = make_sample.ImageTask(folder, source.FOLDERS.index(folder), index, seed)
     path, data = make_sample.render(task)
     results.append(_scan(path, data))
   return results

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from animals10_tfds import scan
+from animals10_tfds import source
 from trainers import input_pipeline
 
 
@@ -21,7 +21,7 @@ def builder(data_dir):
 def test_images_and_labels_match_their_files(builder):
   records = input_pipeline.records(builder, "train")
   labels, names = input_pipeline.labels_and_names(records)
-  assert all(scan.FOLDERS.index(name.split("/")[0]) == label
+  assert all(source.FOLDERS.index(name.split("/")[0]) == label
              for label, name in zip(labels, names))
   plan = input_pipeline.EvalPlan(len(labels), batch_size=8)
   batch = next(iter(input_pipeline.eval_batches(records, plan, image_size=64)))

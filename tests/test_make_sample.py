@@ -7,7 +7,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from animals10_tfds import scan
+from animals10_tfds import source
 from tools import make_sample
 
 
@@ -43,7 +43,7 @@ def test_same_seed_same_bytes_and_names(tmp_path):
 
 def test_sample_files_are_realistic(sample_dir):
   raw = sample_dir / "raw-img"
-  assert sorted(os.listdir(raw)) == sorted(scan.FOLDERS)
+  assert sorted(os.listdir(raw)) == sorted(source.FOLDERS)
   files = [path for path in raw.rglob("*") if path.is_file()]
   assert len(files) == 400
   sizes = [path.stat().st_size for path in files]

@@ -23,11 +23,3 @@ def test_weighted_metrics_match_scikit_learn():
     assert np.isclose(ours["per_class"][name]["f1-score"], report[str(index)]["f1-score"])
     assert ours["per_class"][name]["support"] == report[str(index)]["support"]
   assert ours["confusion_matrix"] == sk_metrics.confusion_matrix(labels, predictions).tolist()
-
-
-def test_atomic_write_replaces_whole_file(tmp_path):
-  path = str(tmp_path / "metrics.json")
-  metrics.write_json(path, {"a": 1})
-  metrics.write_json(path, {"b": 2})
-  assert open(path).read().strip().startswith('{\n  "b": 2')
-  assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

@@ -103,7 +103,7 @@ def test_unreachable_peer_fails_with_one_line_in_bounded_time(data_dir, tmp_path
       capture_output=True, text=True, timeout=120)
   elapsed = time.time() - started
   print(f"unreachable peer: failed after {elapsed:.1f} s")
-  assert result.returncode == -signal.SIGKILL
+  assert result.returncode == 1  # its own status, not SIGKILL's 137 ("Killed")
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and f"no answer from 127.0.0.1:{port[1]}" in errors[0], errors
   assert "gave up after 5 s" in errors[0] and "Traceback" not in result.stderr

@@ -68,9 +68,18 @@ def test_predict_cli_json_and_exit_status(run_dir, images):
   assert "Traceback" not in result.stderr
 
 
-def test_predict_matches_the_trained_model_on_a_record(run_dir, images):
+def test_predict_gives_the_saved_model_s_probabilities_at_the_run_s_size(run_dir, images):
+  import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
   results, _ = predict.predict(str(run_dir), [str(images / "dog.jpg")], top_k=10)
-  assert np.isclose(sum(p["probability"] for p in results[0]["predictions"]), 1, atol=1e-3)
+  got = {p["label"]: p["probability"] for p in results[0]["predictions"]}
+  model = keras.saving.load_model(str(run_dir / "model.keras"))
+  image = input_pipeline.decode_and_resize((images / "dog.jpg").read_bytes(), 40, "stretch")
+  expected = model.predict(tf.cast(image, tf.float32)[None], verbose=0)[0]
+  labels = ("dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep",
+            "spider", "squirrel")
+  np.testing.assert_allclose([got[label] for label in labels], expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("export_format", ["saved_model", "tflite"])
@@ -78,6 +87,15 @@ def test_export_matches_keras(run_dir, export_format, tmp_path):
   out = str(tmp_path / ("model.tflite" if export_format == "tflite" else "saved_model"))
   result = export.export(str(run_dir), export_format, out, tolerance=1e-4, check_images=8)
   assert os.path.exists(out) and result["max_abs_diff"] <= 1e-4
+
+
+def test_export_that_fails_its_check_is_not_written(run_dir, tmp_path):
+  out = tmp_path / "model.tflite"
+  out.write_bytes(b"the previous export")
+  with pytest.raises(ValueError, match="differs from the Keras model .* not written"):
+    export.export(str(run_dir), "tflite", str(out), tolerance=-1, check_images=4)
+  assert out.read_bytes() == b"the previous export"
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["model.tflite"]
 
 
 def test_not_a_run_folder_is_a_clear_error(tmp_path):

@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,7 @@ import pytest
 
 from trainers import config as config_lib
 from trainers import metrics as metrics_lib
+from trainers import run_folder
 from trainers import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,9 +40,11 @@ def test_run_folder_has_the_study_columns_and_reruns_from_its_flagfile(data_dir,
                  "--image_size=48", "--epochs=2", "--batch_size=16", "--balance=undersample")
   assert result.returncode == 0, result.stderr[-2000:]
   metrics = json.loads((run / "metrics.json").read_text())
-  for column in ("accuracy_train", "loss_train", "val_accuracy_train", "val_loss_train",
-                 "accuracy_test", "precision_test", "recall_test", "f1-score_test"):
-    assert 0 <= metrics[column] < 100
+  for column in ("accuracy_train", "val_accuracy_train", "accuracy_test", "precision_test",
+                 "recall_test", "f1-score_test"):
+    assert 0 <= metrics[column] <= 1, column
+  for column in ("loss_train", "val_loss_train"):
+    assert 0 < metrics[column] < 50, column  # a cross-entropy, finite
   assert len(metrics["confusion_matrix"]) == 10
   support = {value["support"] for value in metrics["per_class"].values()}
   assert len(support) == 1  # undersampled test split: every class the same count
@@ -49,6 +54,9 @@ def test_run_folder_has_the_study_columns_and_reruns_from_its_flagfile(data_dir,
     Image.open(run / name).verify()  # a whole, valid PNG
   rows = (run / "predictions.csv").read_text().splitlines()
   assert rows[0] == "file_name,label,prediction" and len(rows) == metrics["test_images"] + 1
+  modes = {str(path.relative_to(run)): stat.S_IMODE(path.stat().st_mode)
+           for path in run.rglob("*") if path.is_file()}
+  assert set(modes.values()) == {run_folder.FILE_MODE}, modes  # the umask's, not 0600
   again = _main(f"--flagfile={run / 'flags.txt'}")
   assert again.returncode == 0 and "already holds a finished run" in again.stdout
 
@@ -154,6 +162,49 @@ def test_resume_from_a_cut_short_backup_uses_the_epoch_of_the_weights_restored(d
     train.train_and_evaluate(_config(data_dir, run, epochs=3))
 
 
+def test_weights_newer_than_their_metadata_resume_from_the_pair_that_matches(data_dir,
+                                                                            tmp_path):
+  """Killed between writing an epoch's weights and its metadata: the weights file is
+  whole but belongs to another epoch than the metadata says. Resuming must not pair
+  them (it did, and skipped an epoch of data): the .bkp pair is used."""
+  straight = train.train_and_evaluate(_config(data_dir, tmp_path / "straight", epochs=3))
+  run = tmp_path / "run"
+  train.train_and_evaluate(_config(data_dir, run, epochs=2))
+  for name in ("metrics.json", "model.keras", "backup/train.done.weights.h5"):
+    (run / name).unlink()
+  backup = run / "backup" / "train"
+  (backup / "latest.weights.h5").write_bytes((backup / "latest.weights.h5.bkp").read_bytes())
+  resumed = train.train_and_evaluate(_config(data_dir, run, epochs=3))
+  assert metrics_lib.without_clock(resumed) == metrics_lib.without_clock(straight)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or subprocess.run(
+    ["unshare", "-rm", "true"], capture_output=True, check=False).returncode != 0,
+                    reason="needs unshare -rm (a private mount namespace) for a small tmpfs")
+def test_full_disk_is_one_line_and_the_run_resumes_once_space_is_freed(data_dir, tmp_path):
+  tiny = tmp_path / "tiny"
+  tiny.mkdir()
+  train_command = " ".join([sys.executable, "-m", "trainers.main", "--model=cnn2",
+                            f"--data_dir={data_dir}", f"--model_dir={tiny / 'run'}",
+                            "--image_size=48", "--epochs=2", "--batch_size=16"])
+  script = textwrap.dedent(f"""
+      mount -t tmpfs -o size=2m tmpfs {tiny}
+      {train_command} 2> {tmp_path / 'full.err'}; echo "full=$?"
+      mount -o remount,size=200m {tiny}
+      {train_command} > /dev/null 2> {tmp_path / 'freed.err'}; echo "freed=$?"
+      cat {tiny / 'run' / 'metrics.json'} > {tmp_path / 'metrics.json'}
+      """)
+  result = subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=REPO,
+                          capture_output=True, text=True, timeout=600, check=False)
+  errors = (tmp_path / "full.err").read_text()
+  assert "full=1" in result.stdout, errors[-2000:]
+  assert "Traceback" not in errors and "Segmentation" not in errors
+  assert errors.strip().splitlines()[-1].startswith(
+      f"error: no space left on tmpfs at {tiny} while writing {tiny / 'run'}")
+  assert "freed=0" in result.stdout, (tmp_path / "freed.err").read_text()[-2000:]
+  assert json.loads((tmp_path / "metrics.json").read_text())["test_images"] > 0
+
+
 def test_a_second_process_on_a_run_folder_stops_with_one_line(data_dir, tmp_path):
   from trainers import run_lock  # pylint: disable=g-import-not-at-top
   holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -200,3 +251,54 @@ def test_unwritable_model_dir_is_one_clear_error(data_dir, tmp_path, make):
       pytest.skip("running as root: a read-only folder is still writable")
   with pytest.raises(ValueError, match="cannot be written"):
     train.train_and_evaluate(_config(data_dir, target))
+
+
+@pytest.fixture
+def damaged_copy(data_dir, tmp_path):
+  """A copy of the built dataset, to damage."""
+  copy = tmp_path / "data"
+  shutil.copytree(data_dir / "animals10_tfds", copy / "animals10_tfds")
+  return copy / "animals10_tfds" / "160px" / "1.0.0"
+
+
+@pytest.mark.parametrize("damage", ["corrupted", "missing"])
+def test_damaged_record_file_is_one_line_naming_it_and_the_rebuild(damaged_copy, tmp_path,
+                                                                   damage):
+  shard = damaged_copy / "animals10_tfds-train.tfrecord-00001-of-00004"
+  if damage == "corrupted":
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
+    shard.write_bytes(bytes(data))
+  else:
+    shard.unlink()
+  result = _main("--model=cnn2", f"--data_dir={damaged_copy.parents[2]}",
+                 f"--model_dir={tmp_path / 'run'}", "--image_size=32", "--epochs=1")
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: the record file {shard} is {damage}")
+  assert "tfds build animals10_tfds --config=160px" in last and "--overwrite" in last
+
+
+def test_corruption_found_mid_run_keeps_the_finished_epochs(damaged_copy, tmp_path,
+                                                            monkeypatch):
+  """A validation file goes bad during epoch 2 (after epoch 1 read it whole): the run
+  stops with the file's name, and once it is rebuilt the run resumes after epoch 1."""
+  from trainers import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  data_dir = damaged_copy.parents[2]
+  straight = train.train_and_evaluate(_config(data_dir, tmp_path / "straight", epochs=2))
+  shard = damaged_copy / "animals10_tfds-validation.tfrecord-00000-of-00004"
+  original = shard.read_bytes()
+  write_row = callbacks_lib.HistoryCsv.on_epoch_end
+
+  def row_then_damage(self, epoch, logs=None):
+    write_row(self, epoch, logs)
+    shard.write_bytes(original[:len(original) // 2])
+
+  monkeypatch.setattr(callbacks_lib.HistoryCsv, "on_epoch_end", row_then_damage)
+  with pytest.raises(input_pipeline.DamagedDataError, match=f"record file {shard} is"):
+    train.train_and_evaluate(_config(data_dir, tmp_path / "run", epochs=2))
+  monkeypatch.setattr(callbacks_lib.HistoryCsv, "on_epoch_end", write_row)
+  shard.write_bytes(original)  # as the rebuild does: same records, same splits
+  resumed = train.train_and_evaluate(_config(data_dir, tmp_path / "run", epochs=2))
+  assert metrics_lib.without_clock(resumed) == metrics_lib.without_clock(straight)

@@ -46,8 +46,8 @@ def _count(dataset) -> int:
 
 def _raw_root(manual_dir) -> str:
   """The raw-img folder of `manual_dir` (the loaders read files, not Kaggle's zip)."""
-  from animals10_tfds import scan  # pylint: disable=g-import-not-at-top
-  source = scan.Source.find(manual_dir)
+  from animals10_tfds import source  # pylint: disable=g-import-not-at-top
+  source = source.Source.find(manual_dir)
   if source.archive:
     raise ValueError(f"{manual_dir} holds {source.archive}: the baseline loaders read files; "
                      "unzip it and pass the folder that holds raw-img/.")
@@ -55,8 +55,8 @@ def _raw_root(manual_dir) -> str:
 
 
 def _raw_files(manual_dir, limit):
-  from animals10_tfds import scan  # pylint: disable=g-import-not-at-top
-  entries, _ = scan.Source(_raw_root(manual_dir)).list()
+  from animals10_tfds import source  # pylint: disable=g-import-not-at-top
+  entries, _ = source.Source(_raw_root(manual_dir)).list()
   step = max(1, len(entries) // limit)
   return [os.path.join(_raw_root(manual_dir), entry.path)
           for entry in entries[::step][:limit]]

@@ -17,7 +17,9 @@ from absl import flags
 import pandas as pd
 
 from animals10_tfds import grouping
+from animals10_tfds import image as image_lib
 from animals10_tfds import scan
+from animals10_tfds import source as source_lib
 from tools import eda_report
 
 COLUMNS = ("img", "hash", "width", "height", "mode", "format", "palette", "orientation",
@@ -32,7 +34,7 @@ def table_from_raw(raw_dir: str, workers=None, progress=True) -> tuple[pd.DataFr
   Returns:
     (table, near-duplicate groups as lists of paths).
   """
-  source = scan.Source.find(raw_dir)
+  source = source_lib.Source.find(raw_dir)
   entries, loose = source.list()
   rows = [_row(result) for result in scan.scan(source, entries, workers=workers,
                                                 progress=progress)]
@@ -52,7 +54,7 @@ def _row(result: scan.ScanResult) -> dict:
           "width": result.width, "height": result.height, "mode": result.mode,
           "format": result.format, "palette": result.palette or "None",
           "orientation": result.orientation, "path": result.path,
-          "label": scan.LABELS[result.label], "phash": f"{result.phash:016x}",
+          "label": source_lib.LABELS[result.label], "phash": f"{result.phash:016x}",
           "error": result.error}
 
 
@@ -76,20 +78,20 @@ def table_from_tfds(dataset: str, data_dir) -> tuple[pd.DataFrame, list]:
                    "width": int(record["width"]), "height": int(record["height"]),
                    "mode": record["mode"].decode(), "format": record["format"].decode(),
                    "palette": "", "orientation": record["orientation"].decode(),
-                   "path": path, "label": scan.LABELS[record["label"]],
-                   "phash": f"{int(record['phash']) & (2 ** 64 - 1):016x}", "error": ""})
+                   "path": path, "label": source_lib.LABELS[record["label"]],
+                   "phash": f"{image_lib.phash_from_int64(record['phash']):016x}", "error": ""})
   metadata = builder.info.metadata
   by_path = {row["path"]: row for row in rows}
   for item in metadata["duplicates"]:  # identical bytes: the original's properties
     copy = dict(by_path[item["duplicate_of"]], path=item["path"],
                 img=item["path"].rsplit("/", 1)[-1])
-    copy["label"] = scan.LABELS[scan.FOLDERS.index(item["path"].split("/")[0])]
+    copy["label"] = source_lib.LABELS[source_lib.FOLDERS.index(item["path"].split("/")[0])]
     rows.append(copy)
   for item in metadata["skipped"]:
     folder = item["path"].split("/")[0]
     rows.append({"img": item["path"].rsplit("/", 1)[-1], "path": item["path"],
-                 "label": scan.LABELS[scan.FOLDERS.index(folder)]
-                 if folder in scan.FOLDERS else "", "error": item["reason"]})
+                 "label": source_lib.LABELS[source_lib.FOLDERS.index(folder)]
+                 if folder in source_lib.FOLDERS else "", "error": item["reason"]})
   table = pd.DataFrame(rows, columns=COLUMNS).sort_values("path", ignore_index=True)
   return table, metadata["near_duplicate_group_members"]
 

@@ -22,7 +22,7 @@ from absl import flags
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from animals10_tfds import scan
+from animals10_tfds import source
 from tools import sample_art
 
 # Real per-class counts of Animals-10 (26,179 images).
@@ -144,8 +144,8 @@ def _encode(image, odd_kind, rng) -> bytes:
 
 def plan(counts: dict[str, int], seed: int) -> list[ImageTask]:
   """The images to draw: per class, with a fixed share of odd formats."""
-  tasks = [ImageTask(folder, scan.FOLDERS.index(folder), index, seed)
-           for folder in scan.FOLDERS for index in range(counts[folder])]
+  tasks = [ImageTask(folder, source.FOLDERS.index(folder), index, seed)
+           for folder in source.FOLDERS for index in range(counts[folder])]
   rng = np.random.default_rng(seed)
   odd_count = max(1, round(len(tasks) * ODD_SHARE)) if len(tasks) >= 50 else 0
   for position, chosen in enumerate(rng.choice(len(tasks), odd_count, replace=False)):
@@ -175,8 +175,8 @@ def make_sample(out: str, counts: dict[str, int], seed: int = 0,
   Returns:
     The number of images written.
   """
-  raw = os.path.join(out, scan.RAW_DIR_NAME)
-  for folder in scan.FOLDERS:
+  raw = os.path.join(out, source.RAW_DIR_NAME)
+  for folder in source.FOLDERS:
     os.makedirs(os.path.join(raw, folder), exist_ok=True)
   tasks = [(task, raw) for task in plan(counts, seed)]
   workers = workers or os.cpu_count() or 1
@@ -193,7 +193,7 @@ def counts_for(images_per_class: int, full_scale: bool) -> dict[str, int]:
     return dict(FULL_SCALE_COUNTS)
   if images_per_class < 1:
     raise ValueError("--images_per_class must be at least 1.")
-  return dict.fromkeys(scan.FOLDERS, images_per_class)
+  return dict.fromkeys(source.FOLDERS, images_per_class)
 
 
 def _define_flags():
@@ -211,7 +211,7 @@ def main(argv):
   except ValueError as error:
     sys.exit(f"make_sample: {error}")
   total = make_sample(_FLAGS.out, counts, _FLAGS.seed, _FLAGS.workers)
-  print(f"Wrote {total} images to {os.path.join(_FLAGS.out, scan.RAW_DIR_NAME)}")
+  print(f"Wrote {total} images to {os.path.join(_FLAGS.out, source.RAW_DIR_NAME)}")
 
 
 if __name__ == "__main__":

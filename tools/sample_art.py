@@ -118,7 +118,7 @@ def _squirrel(rng):
   return parts + _legs((-.1, .15), .12, .2, .08)
 
 
-# Class index (see animals10_tfds.scan.CLASSES) -> (recipe, body, light, dark
+# Class index (see animals10_tfds.source.CLASSES) -> (recipe, body, light, dark
 # base colours). Colours are jittered per image; several classes share hues.
 RECIPES = (
     (_dog, (140, 95, 55), (200, 170, 120), (40, 30, 25)),

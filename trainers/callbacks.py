@@ -1,16 +1,18 @@
 """Callbacks whose state lives in the run folder, so a killed run resumes exactly."""
 
 import csv
+import hashlib
 import io
 import json
 import os
 import time
 
-from typing import Optional
+from typing import Iterator, Optional
 
 import keras
+import numpy as np
 
-from trainers import metrics as metrics_lib
+from trainers import run_folder
 
 
 class HistoryCsv(keras.callbacks.Callback):
@@ -34,7 +36,7 @@ class HistoryCsv(keras.callbacks.Callback):
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    metrics_lib.atomic_write(self.path, buffer.getvalue().encode())
+    run_folder.atomic_write(self.path, buffer.getvalue().encode())
 
 
 def read_history(path: str) -> list[dict]:
@@ -66,9 +68,79 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
   def on_epoch_end(self, epoch, logs=None):
     super().on_epoch_end(epoch, logs)
-    metrics_lib.write_json(self.state_path, {
+    run_folder.write_json(self.state_path, {
         "wait": self.wait, "best": None if self.best is None else float(self.best),
         "best_epoch": self.best_epoch})
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+  """Keras's BackupAndRestore, with files that are never half-written or mismatched.
+
+  After every epoch, the previous pair is copied to `.bkp` (Keras's double
+  checkpoint), the weights are written under a temporary name and renamed to
+  latest.weights.h5, and training_metadata.json is written last with the
+  epoch and the SHA-256 of those weights. A kill or a full disk at any point
+  leaves at least one pair whose metadata matches its weights: `restore_pairs`
+  finds it. A full disk is found before the weights are written (h5py does not
+  fail cleanly halfway) and stops the run with one line.
+  """
+
+  def __init__(self, backup_dir: str):
+    super().__init__(backup_dir, delete_checkpoint=False, double_checkpoint=True)
+
+  def _save_model(self):
+    weights, metadata = self._weights_path, self._training_metadata_path
+    if os.path.exists(weights) and os.path.exists(metadata):
+      run_folder.atomic_copy(weights, self._prev_weights_path)
+      run_folder.atomic_copy(metadata, self._prev_training_metadata_path)
+    run_folder.replace_with(
+        weights, lambda temporary: self.model.save_weights(temporary, overwrite=True),
+        suffix=".weights.h5", expected_bytes=_weights_bytes(self.model, weights))
+    run_folder.write_json(metadata, {"epoch": self._current_epoch,
+                                     "batch": self._last_batch_seen,
+                                     "weights_sha256": sha256_of(weights)})
+
+
+def _weights_bytes(model: keras.Model, previous: str) -> int:
+  """About how large a weights file of `model` (with its optimizer state) is."""
+  if os.path.exists(previous):
+    return os.path.getsize(previous)
+  variables = list(model.weights)
+  if model.optimizer is not None:
+    variables += list(model.optimizer.variables)
+  return sum(int(np.prod(variable.shape)) * np.dtype(variable.dtype).itemsize
+             for variable in variables) + (64 << 10)
+
+
+def sha256_of(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as file:
+    for block in iter(lambda: file.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def restore_pairs(backup_dir: str) -> Iterator[tuple[str, str, int]]:
+  """(weights, metadata, epoch) of the backup pairs that match, newest first.
+
+  A pair matches when its metadata records the SHA-256 of its weights file
+  (`Backup` writes it), or, for a folder written by Keras's own callback,
+  when both files are there (then loading tells).
+  """
+  weights = os.path.join(backup_dir, "latest.weights.h5")
+  metadata = os.path.join(backup_dir, "training_metadata.json")
+  for pair in ((weights, metadata), (weights + ".bkp", metadata + ".bkp")):
+    if not all(os.path.exists(path) for path in pair):
+      continue
+    try:
+      with open(pair[1]) as file:
+        recorded = json.load(file)
+      epoch = int(recorded["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+      continue
+    if "weights_sha256" in recorded and recorded["weights_sha256"] != sha256_of(pair[0]):
+      continue
+    yield pair[0], pair[1], epoch
 
 
 class RestoreOnly(keras.callbacks.BackupAndRestore):
@@ -139,5 +211,5 @@ class PhaseClock(keras.callbacks.Callback):
     clock = {"seconds": self.previous["seconds"] + time.time() - self.started,
              "images": self.previous["images"] + self.images, "steps": steps,
              "cached_features": self.cached_features}
-    metrics_lib.write_json(self.path, clock)
+    run_folder.write_json(self.path, clock)
     return clock

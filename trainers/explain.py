@@ -80,7 +80,7 @@ def write(out_dir: str, names: Sequence[str], images: np.ndarray, heat: np.ndarr
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  from trainers import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from trainers import run_folder  # pylint: disable=g-import-not-at-top
   import io  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   paths = []
@@ -100,6 +100,6 @@ def write(out_dir: str, names: Sequence[str], images: np.ndarray, heat: np.ndarr
     while path in paths:  # same file name in two folders
       copy += 1
       path = os.path.join(out_dir, f"{stem}-{copy}.png")
-    metrics_lib.atomic_write(path, buffer.getvalue())
+    run_folder.atomic_write(path, buffer.getvalue())
     paths.append(path)
   return paths

@@ -8,17 +8,22 @@ encoded JPEG bytes (decoded exactly as in training), `serve_images` takes uint8
 images at the run's size. The TFLite model takes float32 RGB in [0, 255] at the
 run's size. Both formats are checked against the Keras model on a
 batch of test images; the maximum absolute difference of probabilities is
-printed and a difference past --tolerance fails the export.
+printed, and a difference past --tolerance fails the export: it is written
+under a temporary name and only takes --out's place once it passes.
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
+
+from trainers import run_folder  # pylint: disable=g-import-not-at-top
 
 _FLAGS = flags.FLAGS
 
@@ -77,31 +82,63 @@ def export(model_dir: str, export_format: str, out: str = None, tolerance: float
                         jpeg_bytes, fn_output_signature=tf.uint8)
     return serve_images(decoded)
 
-  if export_format == "saved_model":
-    tf.saved_model.save(module, out, signatures={
-        "serving_default": serve_jpeg, "serve_images": serve_images})
-    loaded = tf.saved_model.load(out)
-    from_jpeg = loaded.signatures["serving_default"](jpeg_bytes=encoded)["probabilities"]
-    from_images = loaded.signatures["serve_images"](images=images)["probabilities"]
-    difference = max(np.abs(from_jpeg.numpy() - expected).max(),
-                     np.abs(from_images.numpy() - expected).max())
-  else:
-    # Converting the Keras model directly: going through the SavedModel above
-    # produced NaNs in TF 2.21's converter.
-    with open(out, "wb") as file:
-      file.write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
-    interpreter = tf.lite.Interpreter(model_path=out)
-    runner = interpreter.get_signature_runner()
-    input_name = interpreter.get_signature_list()["serving_default"]["inputs"][0]
-    outputs = runner(**{input_name: tf.cast(images, tf.float32).numpy()})
-    difference = np.abs(next(iter(outputs.values())) - expected).max()
-  difference = float(difference)
+  # Written beside `out` under a temporary name and checked there: only an
+  # export that passes the parity check takes `out`'s place.
+  temporary = tempfile.mkdtemp(prefix=".tmp-export-", dir=os.path.dirname(os.path.abspath(out)))
+  try:
+    if export_format == "saved_model":
+      written = os.path.join(temporary, "saved_model")
+      tf.saved_model.save(module, written, signatures={
+          "serving_default": serve_jpeg, "serve_images": serve_images})
+      loaded = tf.saved_model.load(written)
+      from_jpeg = loaded.signatures["serving_default"](jpeg_bytes=encoded)["probabilities"]
+      from_images = loaded.signatures["serve_images"](images=images)["probabilities"]
+      difference = max(np.abs(from_jpeg.numpy() - expected).max(),
+                       np.abs(from_images.numpy() - expected).max())
+    else:
+      # Converting the Keras model directly: going through the SavedModel above
+      # produced NaNs in TF 2.21's converter.
+      written = os.path.join(temporary, "model.tflite")
+      with open(written, "wb") as file:
+        file.write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+      interpreter = tf.lite.Interpreter(model_path=written)
+      runner = interpreter.get_signature_runner()
+      input_name = interpreter.get_signature_list()["serving_default"]["inputs"][0]
+      outputs = runner(**{input_name: tf.cast(images, tf.float32).numpy()})
+      difference = np.abs(next(iter(outputs.values())) - expected).max()
+    difference = float(difference)
+    if not np.isfinite(difference) or difference > tolerance:
+      raise ValueError(f"the {export_format} export differs from the Keras model by "
+                       f"{difference:.2e} > --tolerance={tolerance:g}: not written; do not "
+                       "ship this model.")
+    _put_in_place(written, out)
+  except OSError as error:
+    if run_folder.is_disk_full(error):
+      raise run_folder.NoSpaceLeft(out) from None
+    raise
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)
   print(f"{export_format} written to {out}; max |probability difference| vs Keras on "
         f"{len(expected)} test images: {difference:.2e} (tolerance {tolerance:g})")
-  if not np.isfinite(difference) or difference > tolerance:
-    raise ValueError(f"the {export_format} export differs from the Keras model by "
-                     f"{difference:.2e} > --tolerance={tolerance:g}: do not ship it.")
   return {"path": out, "max_abs_diff": difference}
+
+
+def _put_in_place(written: str, out: str):
+  """Renames `written` to `out`, replacing a previous export (file or folder)."""
+  if os.path.isdir(out) and not os.path.islink(out):
+    previous = written + ".previous"
+    os.replace(out, previous)  # same folder: a rename, never a half-deleted export
+    os.replace(written, out)
+    shutil.rmtree(previous)
+  else:
+    os.replace(written, out)
+  if os.path.isdir(out):
+    for folder, _, files in os.walk(out):
+      os.chmod(folder, run_folder.DIRECTORY_MODE)
+      for name in files:
+        os.chmod(os.path.join(folder, name), run_folder.FILE_MODE)
+  else:
+    os.chmod(out, run_folder.FILE_MODE)
 
 
 def main(argv):

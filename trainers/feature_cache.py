@@ -16,7 +16,6 @@ from its memory-mapped file instead of being loaded.
 
 import os
 import shutil
-import tempfile
 from typing import Optional
 
 import keras
@@ -25,6 +24,7 @@ import tensorflow as tf
 
 from trainers import input_pipeline
 from trainers import models
+from trainers import run_folder
 
 MEMORY_BYTES = 2 << 30
 FOLDER = "features"
@@ -135,14 +135,5 @@ def _in_memory(features: np.ndarray) -> np.ndarray:
 
 
 def _save(path: str, array: np.ndarray):
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npy")
-  try:
-    with os.fdopen(handle, "wb") as file:
-      np.save(file, array)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+  run_folder.replace_with(path, lambda temporary: np.save(temporary, array), suffix=".npy",
+                          expected_bytes=array.nbytes)

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from trainers import metrics as metrics_lib
+from trainers import run_folder
 
 # The error gallery: the most confident mistakes, at most this many per true
 # class and in all (ten classes, four each).
@@ -28,7 +28,7 @@ def _save(figure, path: str, dpi: int = 100):
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=dpi)
   _pyplot().close(figure)
-  metrics_lib.atomic_write(path, buffer.getvalue())
+  run_folder.atomic_write(path, buffer.getvalue())
 
 
 def confusion_png(path: str, confusion: Sequence[Sequence[int]], class_names: Sequence[str]):

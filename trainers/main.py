@@ -25,6 +25,7 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 
 from trainers import config as config_lib
 from trainers import models
+from trainers import run_folder
 
 _MODEL = flags.DEFINE_enum("model", None, list(models.REGISTRY), "Model to train.")
 _DATASET = flags.DEFINE_string("dataset", "animals10_tfds/160px", "TFDS name/config.")
@@ -141,6 +142,10 @@ def main(argv):
     train.train_and_evaluate(config, flagfile=_flagfile())  # only the chief writes it
   except (ValueError, devices.PeerLostError) as error:  # one line, no traceback
     sys.exit(f"error: {error}")
+  except Exception as error:  # pylint: disable=broad-except
+    if run_folder.is_disk_full(error):  # a write of TensorFlow's or a library's own
+      sys.exit(f"error: {run_folder.NoSpaceLeft(_MODEL_DIR.value)}")
+    raise
 
 
 if __name__ == "__main__":

@@ -1,8 +1,5 @@
-"""Test metrics with the study's columns, and atomic writing of run outputs."""
+"""Test metrics with the study's columns."""
 
-import json
-import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
@@ -57,22 +54,3 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
                     for i, name in enumerate(class_names)},
       "confusion_matrix": confusion.tolist(),
   }
-
-
-def atomic_write(path: str, data: bytes):
-  """Writes via a temporary file and a rename: readers never see half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(handle, "wb") as file:
-      file.write(data)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-
-
-def write_json(path: str, value):
-  atomic_write(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())

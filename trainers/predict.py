@@ -54,7 +54,8 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
   """
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from animals10_tfds import scan  # pylint: disable=g-import-not-at-top
+  from animals10_tfds import image as image_lib  # pylint: disable=g-import-not-at-top
+  from animals10_tfds import source  # pylint: disable=g-import-not-at-top
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
   settings = config_lib.run_settings(model_dir)
@@ -67,11 +68,11 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
     except OSError as error:
       errors.append({"path": path, "error": f"unreadable: {error.strerror or error}"})
       continue
-    result = scan.scan_bytes(scan.Entry(path, 0), data, encode=True)
-    if result.error:
-      errors.append({"path": path, "error": result.error})
+    jpeg, reason = image_lib.rgb_jpeg_or_reason(data)
+    if reason:
+      errors.append({"path": path, "error": reason})
     else:
-      encoded.append(result.encoded)
+      encoded.append(jpeg)
       good.append(path)
   results = []
   if good:
@@ -84,21 +85,21 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
     for path, row in zip(good, probabilities):
       best = row.argsort()[::-1][:top_k]
       results.append({"path": path, "predictions": [
-          {"label": scan.LABELS[index], "probability": float(row[index])} for index in best]})
+          {"label": source.LABELS[index], "probability": float(row[index])} for index in best]})
     if explain_dir:
       _explain(model, dataset, good, probabilities, explain_dir)
   return results, errors
 
 
 def _explain(model, dataset, paths, probabilities, out_dir):
-  from animals10_tfds import scan  # pylint: disable=g-import-not-at-top
+  from animals10_tfds import source  # pylint: disable=g-import-not-at-top
   from trainers import explain  # pylint: disable=g-import-not-at-top
   explain.feature_map(model)  # one clear line for a model it cannot explain
   written = []
   for images in dataset:
     heat, top = explain.grad_cam(model, images.numpy())
     start = len(written)
-    captions = [f"{_short(os.path.basename(path))}: {scan.LABELS[index]} "
+    captions = [f"{_short(os.path.basename(path))}: {source.LABELS[index]} "
                 f"{probabilities[start + offset, index]:.2f}"
                 for offset, (path, index) in enumerate(zip(paths[start:], top))]
     written += explain.write(out_dir, paths[start:start + len(top)], images.numpy(), heat,

@@ -34,6 +34,7 @@ from trainers import input_pipeline
 from trainers import keras_compat
 from trainers import metrics as metrics_lib
 from trainers import models
+from trainers import run_folder
 from trainers import run_lock
 
 METRICS_FILE = "metrics.json"
@@ -81,7 +82,14 @@ def train_and_evaluate(config, flagfile: Optional[str] = None) -> dict:
     raise ValueError(f"--batch_size={config.batch_size} does not divide by the "
                      f"{replicas} replicas: use a multiple of {replicas}.")
   with run_lock.hold(config.model_dir) if this.is_chief else contextlib.nullcontext():
-    return _train_and_evaluate(config, strategy, this, precision, started, flagfile)
+    try:
+      return _train_and_evaluate(config, strategy, this, precision, started, flagfile)
+    except tf.errors.OpError as error:  # the backup of the last finished epoch stays
+      damaged = input_pipeline.damaged(
+          input_pipeline.builder(config.dataset, config.data_dir), error, config.data_dir)
+      if damaged:
+        raise damaged from None
+      raise
 
 
 def _train_and_evaluate(config, strategy, this: devices.Role, precision: str,
@@ -94,7 +102,7 @@ def _train_and_evaluate(config, strategy, this: devices.Role, precision: str,
           f"train again): {_summary_row(finished)}")
     return finished
   if flagfile is not None and this.is_chief:
-    metrics_lib.atomic_write(os.path.join(config.model_dir, "flags.txt"), flagfile.encode())
+    run_folder.atomic_write(os.path.join(config.model_dir, "flags.txt"), flagfile.encode())
 
   scratch = None if this.is_chief else tempfile.mkdtemp(prefix=f"animals10-worker{this.index}-")
   try:
@@ -332,8 +340,7 @@ def _fit(model, phase: _Phase, data: _Data, config, this: devices.Role, own_dir:
   callbacks = [steps, clock]
   if chief:
     callbacks += [
-        keras.callbacks.BackupAndRestore(backup_dir, delete_checkpoint=False,
-                                         double_checkpoint=True),
+        callbacks_lib.Backup(backup_dir),
         callbacks_lib.HistoryCsv(os.path.join(own_dir, "history.csv"), phase.name,
                                  phase.epoch_offset),
         keras.callbacks.TensorBoard(os.path.join(own_dir, "logs", phase.name)),
@@ -352,8 +359,8 @@ def _fit(model, phase: _Phase, data: _Data, config, this: devices.Role, own_dir:
                 callbacks=callbacks, verbose=2 if os.environ.get("CI") or data.workers > 1
                 else "auto")
   if chief:
-    model.save_weights(done_path + ".tmp.weights.h5")
-    os.replace(done_path + ".tmp.weights.h5", done_path)
+    run_folder.replace_with(done_path, model.save_weights, suffix=".weights.h5",
+                            expected_bytes=sum(weight.nbytes for weight in model.get_weights()))
   result = clock.finish(steps.count)
   if features:
     feature_cache.remove(os.path.join(own_dir, feature_cache.FOLDER, phase.name))
@@ -386,47 +393,53 @@ def _extract_features(extractor, data: _Data, config, this: devices.Role, folder
 
 
 def _restored_epoch(model, backup_dir: str, strategy) -> int:
-  """The epoch to resume from: the one of the weights Keras will actually restore.
+  """The epoch to resume from: the one of the weights that are actually restored.
 
-  Keras's BackupAndRestore loads latest.weights.h5 with the epoch of
-  training_metadata.json, and falls back to the previous epoch's `.bkp` pair
-  only when loading raises OSError. A file cut short by a crash or a full disk
-  can raise other errors, and we read the epoch before Keras falls back: so
-  here the weights are loaded first, and if they do not load, the `.bkp` pair
-  is put in place (as Keras would) before its epoch is read. The data stream
-  and the weights then always agree, or the run stops with one line.
+  The newest backup pair whose metadata matches its weights and whose weights
+  load is put in place as latest.weights.h5 + training_metadata.json, so
+  Keras's BackupAndRestore restores that same pair at the start of `fit`, and
+  the data stream skips exactly its epochs. Weights without any metadata are
+  from an epoch that never finished saving: they are set aside and the phase
+  starts again. Metadata whose weights never load stops the run with one line.
   """
   weights = os.path.join(backup_dir, "latest.weights.h5")
   metadata = os.path.join(backup_dir, "training_metadata.json")
-  if not os.path.exists(metadata):
+  pairs = list(callbacks_lib.restore_pairs(backup_dir))
+  if not pairs:
+    if any(os.path.exists(path) for path in (metadata, metadata + ".bkp")):
+      raise ValueError(f"the backup in {backup_dir} cannot be read (no weights file matches "
+                       f"its metadata): delete {backup_dir} to train this phase again from "
+                       "its start.")
+    if os.path.exists(weights):  # cut short before its metadata was written
+      os.replace(weights, weights + ".unfinished")
+      print(f"info: {weights} is from an epoch that never finished saving; set aside as "
+            f"{weights}.unfinished, the phase starts again.", flush=True)
     return 0
   with strategy.scope():
     if model.optimizer is not None and not model.optimizer.built:
       model.optimizer.build(model.trainable_variables)  # its state is in the file too
-  try:
-    model.load_weights(weights)
-  except Exception as error:  # pylint: disable=broad-except  (h5py, Keras: many types)
-    candidate = weights[:-len(".weights.h5")] + ".previous.weights.h5"  # Keras wants the suffix
+  errors = []
+  for pair_weights, pair_metadata, epoch in pairs:
+    loadable = pair_weights
+    if pair_weights != weights:  # Keras loads only names ending in .weights.h5
+      loadable = os.path.join(backup_dir, "previous.weights.h5")
+      run_folder.atomic_copy(pair_weights, loadable)
     try:
-      shutil.copyfile(weights + ".bkp", candidate)
-      model.load_weights(candidate)
-      with open(metadata + ".bkp") as file:
-        epoch = int(json.load(file)["epoch"])
-    except Exception:  # pylint: disable=broad-except
-      if os.path.exists(candidate):
-        os.remove(candidate)
-      raise ValueError(
-          f"the backup {weights} cannot be loaded ({type(error).__name__}) and neither can "
-          f"its previous copy: delete {backup_dir} to train this phase again from its "
-          "start.") from None
-    os.replace(candidate, weights)  # loaded: Keras restores this same pair
-    shutil.copyfile(metadata + ".bkp", metadata + ".tmp")
-    os.replace(metadata + ".tmp", metadata)
-    print(f"info: {weights} cannot be loaded ({type(error).__name__}); resuming from the "
-          f"previous backup, after epoch {epoch}.", flush=True)
+      model.load_weights(loadable)
+    except Exception as error:  # pylint: disable=broad-except  (h5py, Keras: many types)
+      errors.append(type(error).__name__)
+      if loadable != weights:
+        os.remove(loadable)
+      continue
+    if loadable != weights:  # the previous pair: Keras restores it from the usual names
+      os.replace(loadable, weights)
+      run_folder.atomic_copy(pair_metadata, metadata)
+      print(f"info: {weights} cannot be used; resuming from the previous backup, after "
+            f"epoch {epoch}.", flush=True)
     return epoch
-  with open(metadata) as file:
-    return int(json.load(file)["epoch"])
+  raise ValueError(f"the backup {weights} cannot be loaded ({', '.join(errors)}) and neither "
+                   f"can its previous copy: delete {backup_dir} to train this phase again "
+                   "from its start.")
 
 
 def _evaluate(model, data: _Data, config, clocks: dict) -> dict:
@@ -438,10 +451,11 @@ def _evaluate(model, data: _Data, config, clocks: dict) -> dict:
   the model.keras it saves), so no collective op waits for the other workers.
   """
   out_dir = config.model_dir
-  temporary = os.path.join(out_dir, ".model.tmp.keras")
-  model.save(temporary)
+  model_path = os.path.join(out_dir, "model.keras")
+  run_folder.replace_with(model_path, model.save, suffix=".keras",
+                          expected_bytes=3 * sum(weight.nbytes for weight in model.get_weights()))
   if data.workers > 1:
-    model = keras.models.load_model(temporary)
+    model = keras.models.load_model(model_path)
   test_records = data.records("test")
   labels, names = input_pipeline.labels_and_names(test_records)
   plan = input_pipeline.EvalPlan(len(labels), config.batch_size)
@@ -472,14 +486,13 @@ def _evaluate(model, data: _Data, config, clocks: dict) -> dict:
   writer.writerow(("file_name", "label", "prediction"))
   writer.writerows((name, data.class_names[label], data.class_names[prediction])
                    for name, label, prediction in zip(names, labels, predictions))
-  metrics_lib.atomic_write(os.path.join(out_dir, "predictions.csv"), buffer.getvalue().encode())
+  run_folder.atomic_write(os.path.join(out_dir, "predictions.csv"), buffer.getvalue().encode())
   figures.confusion_png(os.path.join(out_dir, "confusion.png"), result["confusion_matrix"],
                         data.class_names)
   figures.per_class_png(os.path.join(out_dir, "per_class.png"), result["per_class"])
   _errors_png(os.path.join(out_dir, "errors.png"), data, config, labels, names,
               probabilities[:len(labels)])
-  os.replace(temporary, os.path.join(out_dir, "model.keras"))
-  metrics_lib.write_json(os.path.join(out_dir, METRICS_FILE), result)  # last: marks done
+  run_folder.write_json(os.path.join(out_dir, METRICS_FILE), result)  # last: marks done
   return result
 
 

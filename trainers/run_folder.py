@@ -1,0 +1,115 @@
+"""Writing into a run folder: whole files or nothing, and one line when the disk is full.
+
+Every file of a run folder is written under a temporary name in the same folder
+and renamed into place, so a reader (a resumed run, `tools.compare`, another
+worker) never sees half a file, whatever kills the writer. Files get the modes a
+plain `open(path, "w")` would give (the umask's), not the temporary file's 0600,
+so the other workers and users of a shared run folder can read them.
+
+A full disk is a `NoSpaceLeft` (a ValueError: the trainer prints it as one line)
+naming the device and the file; the file it was writing is not touched, so the
+folder resumes once space is freed.
+"""
+
+import errno
+import json
+import os
+import shutil
+import tempfile
+from typing import Callable
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIRECTORY_MODE = 0o777 & ~_UMASK
+
+
+class NoSpaceLeft(ValueError):
+  """The disk holding a run-folder file is full."""
+
+  def __init__(self, path: str):
+    super().__init__(f"no space left on {device_of(path)} while writing {path}: free some "
+                     "space and run the same command again; it resumes from the last "
+                     "finished epoch.")
+    self.path = path
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """OSError ENOSPC, or h5py's / TensorFlow's wording of it."""
+  return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or (
+      "No space left on device" in str(error))
+
+
+def device_of(path: str) -> str:
+  """`tmpfs at /mnt/runs`: the file system and mount point holding `path`."""
+  path = os.path.realpath(path)
+  best = ("", "")
+  try:
+    with open("/proc/mounts") as mounts:
+      for line in mounts:
+        device, mount_point = line.split()[:2]
+        inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best[1]):
+          best = (device, mount_point)
+  except OSError:
+    pass
+  return f"{best[0]} at {best[1]}" if best[1] else f"the disk of {os.path.dirname(path)}"
+
+
+def replace_with(path: str, write: Callable[[str], None], suffix: str = "",
+                 expected_bytes: int = 0):
+  """Makes `path` by `write(temporary)` then a rename; nothing changes on failure.
+
+  Args:
+    path: the file to make (or replace).
+    write: writes the whole file at the path it is given.
+    suffix: the temporary name's ending, for writers that insist on one
+      (Keras: ".weights.h5").
+    expected_bytes: about how large the file will be; when the disk has less
+      free space, `NoSpaceLeft` is raised before anything is written (h5py and
+      TensorFlow do not fail cleanly in the middle of a write).
+
+  Raises:
+    NoSpaceLeft: when the disk is (or would become) full.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(directory, exist_ok=True)
+    if expected_bytes and shutil.disk_usage(directory).free < expected_bytes + (1 << 20):
+      raise NoSpaceLeft(path)
+    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(handle)
+  except OSError as error:
+    if is_disk_full(error):
+      raise NoSpaceLeft(path) from None
+    raise
+  try:
+    write(temporary)
+    os.chmod(temporary, FILE_MODE)
+    os.replace(temporary, path)
+  except BaseException as error:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    if is_disk_full(error):
+      raise NoSpaceLeft(path) from None
+    raise
+
+
+def atomic_write(path: str, data: bytes):
+  """Writes `data` to `path` via a temporary file and a rename."""
+
+  def write(temporary):
+    with open(temporary, "wb") as file:
+      file.write(data)
+
+  replace_with(path, write)
+
+
+def write_json(path: str, value):
+  atomic_write(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_copy(source: str, path: str):
+  replace_with(path, lambda temporary: shutil.copyfile(source, temporary),
+               suffix=os.path.splitext(path)[1],
+               expected_bytes=os.path.getsize(source))

@@ -16,7 +16,8 @@ def test_train_without_data_dir_or_model_dir_uses_tfds_default_and_a_new_run_fol
   start-up lines, printed before its log settings are read, are the exception)."""
   env = dict(os.environ, TFDS_DATA_DIR=str(data_dir))
   command = [sys.executable, "-m", "trainers.main", "--model=cnn2", "--epochs=1",
-             "--steps_per_epoch=2", "--image_size=32", "--batch_size=16"]
+             "--steps_per_epoch=2", "--image_size=32", "--batch_size=16",
+             "--deterministic", "--balance=undersample"]  # as tools.reproduce runs the study
   result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]

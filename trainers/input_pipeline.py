@@ -139,12 +139,27 @@ def records(dataset_builder, split: str, filters: Filters = Filters(),
           lambda record, key=key, allowed=allowed_tensor: tf.reduce_any(
               tf.equal(record[key], allowed)))
   if keep_names is not None:
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(list(keep_names), tf.string),
-            tf.ones(len(keep_names), tf.int32)), default_value=0)
-    dataset = dataset.filter(lambda record: table.lookup(record["file_name"]) > 0)
+    # A sorted array of name fingerprints, not a lookup table: a table is a
+    # stateful resource, and under --deterministic tf.data then turns the
+    # pipeline's parallel maps sequential (TensorFlow logs "NodeDef mentions
+    # attribute use_unbounded_threadpool" as it does). Exact: `labels_and_names`
+    # checks that a split's names have distinct fingerprints.
+    if not len(keep_names):  # pylint: disable=g-explicit-length-test
+      return dataset.take(0)
+    keys = tf.constant(np.unique(fingerprints(keep_names)), tf.int64)
+    dataset = dataset.filter(lambda record: _member(record["file_name"], keys))
   return dataset
+
+
+def fingerprints(names: Sequence[str]) -> np.ndarray:
+  """64-bit fingerprints (TensorFlow's farmhash) of file names, as int64."""
+  return tf.bitcast(tf.fingerprint(tf.constant(list(names), tf.string)), tf.int64).numpy()
+
+
+def _member(name: tf.Tensor, keys: tf.Tensor) -> tf.Tensor:
+  key = tf.bitcast(tf.fingerprint(tf.reshape(name, [1])), tf.int64)
+  index = tf.minimum(tf.searchsorted(keys, key), tf.size(keys) - 1)
+  return tf.equal(tf.gather(keys, index), key)[0]
 
 
 def sharding(dataset_builder, split: str, workers: int) -> str:
@@ -174,6 +189,9 @@ def labels_and_names(dataset: tf.data.Dataset) -> tuple[np.ndarray, list[str]]:
                                  num_parallel_calls=AUTOTUNE).as_numpy_iterator():
     labels.append(label)
     names.append(name.decode())
+  if names and len(np.unique(fingerprints(names))) != len(set(names)):
+    raise RuntimeError("two file names of one split share a 64-bit fingerprint: "
+                       "records(keep_names=...) would not be exact; report this data set.")
   return np.asarray(labels, np.int64), names
 
 

@@ -60,8 +60,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       f"{source_lib.PUT_THE_DOWNLOAD} in the manual dir and build again: "
       "tfds build animals10_tfds --manual_dir=DIR (default "
       "~/tensorflow_datasets/downloads/manual/; the download needs a free Kaggle login).")
-  # Worker processes for the scan; None means one per core.
-  scan_workers: Optional[int] = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     """Returns the dataset metadata."""
@@ -104,7 +102,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     start = time.time()
     for result in scan_lib.scan(source, entries,
                                 short_side=self.builder_config.short_side,
-                                encode=True, workers=self.scan_workers):
+                                encode=True):
       if result.error:
         skipped.append({"path": result.path, "reason": result.error})
         continue

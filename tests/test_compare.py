@@ -4,15 +4,19 @@ import json
 import math
 
 from PIL import Image
+import pytest
 from scipy import stats
 
 from tools import compare
+from trainers import config as config_lib
 
 FILES = [f"cane/{index}.jpg" for index in range(40)]
 
 
-def _run(folder, accuracy, correct):
+def _run(folder, accuracy, correct, **settings):
   folder.mkdir(parents=True)
+  seed = int(folder.name.split("_")[1]) if folder.name.startswith("seed_") else 0
+  config_lib.save(config_lib.Config(model="cnn2", model_dir=str(folder), seed=seed, **settings))
   metrics = {column: accuracy for column in compare.COLUMNS}
   metrics["train_seconds"] = 100 * accuracy
   metrics["per_class"] = {label: {"precision": accuracy, "recall": accuracy,
@@ -57,12 +61,23 @@ def test_mcnemar_matches_scipy_on_uneven_counts():
 
 def test_unfinished_run_is_a_clear_error(tmp_path):
   (tmp_path / "half").mkdir()
-  try:
+  with pytest.raises(ValueError, match="not a finished run"):
     compare.load([str(tmp_path / "half")])
-  except ValueError as error:
-    assert "not a finished run" in str(error)
-  else:
-    raise AssertionError("expected a ValueError")
+
+
+def test_two_runs_of_one_experiment_and_seed_are_refused(tmp_path):
+  # /study/cached/mnv2/seed_0 and /study/plain/mnv2/seed_0: one silently replaced the other.
+  runs = [_run(tmp_path / kind / "mnv2" / "seed_0", .5, [True] * 40)
+          for kind in ("cached", "plain")]
+  with pytest.raises(ValueError, match=r"are both experiment mnv2, seed 0"):
+    compare.load(runs)
+
+
+def test_seeds_of_one_experiment_must_share_every_other_setting(tmp_path):
+  runs = [_run(tmp_path / "a" / "seed_0", .5, [True] * 40),
+          _run(tmp_path / "a" / "seed_1", .5, [True] * 40, epochs=20, cache_features=False)]
+  with pytest.raises(ValueError, match=r"the runs of a differ in more than the seed \(epochs:"):
+    compare.load(runs)
 
 
 def test_folders_are_searched_for_finished_runs_and_the_comparison_is_skipped(tmp_path):

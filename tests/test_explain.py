@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from trainers import config as config_lib
 from trainers import explain
 from trainers import figures
 from trainers import models
@@ -78,7 +79,7 @@ def test_explain_writes_a_picture_per_image_for_a_saved_transfer_model(sample_di
   model = models.build_model("mnv2", 32, weights=None)
   models.compile_for_saving(model)
   model.save(run / "model.keras")
-  (run / "flags.txt").write_text("--model=mnv2\n--image_size=32\n--resize=crop\n")
+  config_lib.save(config_lib.Config(model="mnv2", model_dir=str(run), image_size=32))
   folder = sample_dir / "raw-img" / "gatto"
   files = sorted(folder.iterdir())[:3]
   results, errors = predict.predict(str(run), [str(path) for path in files],

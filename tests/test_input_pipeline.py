@@ -40,8 +40,14 @@ def test_filters_keep_only_matching_records(builder):
   assert len(labels) == sum(1 for value in orientations.values() if value == "landscape")
   assert 0 < len(labels) < len(all_labels)
   jpeg_rgb = input_pipeline.Filters(formats=("JPEG",), modes=("RGB",))
-  kept, _ = input_pipeline.labels_and_names(input_pipeline.records(builder, "train", jpeg_rgb))
-  assert len(kept) <= len(all_labels)
+  _, kept = input_pipeline.labels_and_names(input_pipeline.records(builder, "train", jpeg_rgb))
+  originals = {record["file_name"].numpy().decode(): (record["format"].numpy().decode(),
+                                                      record["mode"].numpy().decode())
+               for record in builder.as_dataset(
+                   split="train", decoders={"image": tfds.decode.SkipDecoding()})}
+  assert sorted(kept) == sorted(name for name, value in originals.items()
+                                if value == ("JPEG", "RGB"))
+  assert kept
   nothing = input_pipeline.Filters(formats=("TIFF",))
   assert not len(input_pipeline.labels_and_names(
       input_pipeline.records(builder, "train", nothing))[0])
@@ -55,6 +61,27 @@ def test_undersample_cuts_every_class_to_the_smallest(builder):
   smallest = np.bincount(labels, minlength=10).min()
   assert np.bincount(kept_labels, minlength=10).tolist() == [smallest] * 10
   assert sorted(keep) == sorted(input_pipeline.undersample(labels[::-1], names[::-1], 10))
+
+
+def test_plan_counts_balanced_splits_and_steps_once(builder):
+  plan = input_pipeline.plan(builder, input_pipeline.Filters(), "undersample", batch_size=16,
+                             workers=2, steps_per_epoch=0)
+  for split in input_pipeline.SPLITS:
+    labels, names = input_pipeline.labels_and_names(input_pipeline.records(builder, split))
+    present = np.bincount(labels, minlength=10)
+    present = present[present > 0]  # a small split may lack a class: it is not balanced in
+    assert plan.counts[split] == len(present) * present.min() == len(plan.keep[split])
+    assert set(plan.keep[split]) <= set(names)
+  assert plan.steps == plan.counts["train"] // 16 and plan.worker_batch == 8
+  assert plan.class_weight is None and plan.eval_plan("test").count == plan.counts["test"]
+  weighted = input_pipeline.plan(builder, input_pipeline.Filters(), "class_weight",
+                                 batch_size=16, steps_per_epoch=3)
+  assert weighted.keep["train"] is None and weighted.steps == 3
+  assert len(weighted.class_weight) == 10 and min(weighted.class_weight) > 0
+  with pytest.raises(ValueError, match="--batch_size=100000 is larger"):
+    input_pipeline.plan(builder, input_pipeline.Filters(), "none", batch_size=100_000)
+  with pytest.raises(ValueError, match="No train images left"):
+    input_pipeline.plan(builder, input_pipeline.Filters(formats=("TIFF",)), "none", 16)
 
 
 def test_class_weights_are_inverse_frequency():

@@ -23,10 +23,6 @@ def run_dir(data_dir, tmp_path_factory):
   train.train_and_evaluate(config_lib.Config(
       model="cnn2", model_dir=str(folder), data_dir=str(data_dir), image_size=40,
       resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none"))
-  flags = [f"--{name}" for name in ("model=cnn2", "image_size=40", "resize=stretch",
-                                     "dataset=animals10_tfds/160px", f"data_dir={data_dir}",
-                                     "head_units=128", "noaugment")]
-  (folder / "flags.txt").write_text("\n".join(flags) + "\n")  # as trainers.main writes it
   return folder
 
 
@@ -99,5 +95,28 @@ def test_export_that_fails_its_check_is_not_written(run_dir, tmp_path):
 
 
 def test_not_a_run_folder_is_a_clear_error(tmp_path):
-  with pytest.raises(ValueError, match="not a finished run"):
+  with pytest.raises(ValueError, match="is not a run folder .*python -m trainers.main"):
     predict.predict(str(tmp_path), [str(tmp_path)])
+  config_lib.save(config_lib.Config(model="cnn2", model_dir=str(tmp_path)))
+  with pytest.raises(ValueError, match="is not a finished run .*--flagfile="):
+    export.export(str(tmp_path), "tflite")
+
+
+def test_config_json_gives_back_the_config_trained_with(run_dir, data_dir):
+  config = config_lib.load(str(run_dir))
+  assert config == config_lib.Config(
+      model="cnn2", model_dir=str(run_dir), data_dir=str(data_dir), image_size=40,
+      resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none")
+  assert isinstance(config.head_units, tuple)
+
+
+def test_resuming_with_other_settings_is_refused(run_dir, data_dir):
+  (run_dir / "metrics.json").rename(run_dir / "metrics.moved")
+  try:
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(--image_size=40 "
+                                         r"before, 48 now\): use a new --model_dir"):
+      train.train_and_evaluate(config_lib.Config(
+          model="cnn2", model_dir=str(run_dir), data_dir=str(data_dir), image_size=48,
+          resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none"))
+  finally:
+    (run_dir / "metrics.moved").rename(run_dir / "metrics.json")

@@ -17,6 +17,7 @@ the same seed, so a reader can tell a real difference from seed noise.
 
 import collections
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -27,8 +28,14 @@ import sys
 from absl import app
 from absl import flags
 
-COLUMNS = ("accuracy_train", "loss_train", "val_accuracy_train", "val_loss_train",
-           "accuracy_test", "precision_test", "recall_test", "f1-score_test", "train_seconds")
+from trainers import config as config_lib
+from trainers import metrics as metrics_lib
+
+COLUMNS = metrics_lib.STUDY_COLUMNS + ("train_seconds",)
+# Settings that may differ between the seeds of one experiment: where and how
+# fast it ran. Anything else means the runs are not one experiment.
+SAME_EXPERIMENT_EXCEPT = ("seed", "model_dir", "data_dir", "strategy", "tpu",
+                          "virtual_devices", "cluster_timeout", "cache", "cache_features")
 
 # tools.compare's own output folder when tools.reproduce calls it.
 COMPARISON_DIR = "comparison"
@@ -37,12 +44,16 @@ _FLAGS = flags.FLAGS
 
 
 def experiment_of(run_dir: str) -> tuple[str, str]:
-  """(experiment name, seed label) of a run folder."""
+  """(experiment name, seed label) of a run folder.
+
+  The experiment is the folder's name, or its parent's for `seed_<n>` folders
+  (what tools.reproduce writes); the seed is the one in its config.json.
+  """
   path = os.path.normpath(run_dir)
   name = os.path.basename(path)
   if re.fullmatch(r"seed_\d+", name):
-    return os.path.basename(os.path.dirname(path)), name
-  return name, "seed_0"
+    name = os.path.basename(os.path.dirname(path))
+  return name, f"seed_{config_lib.load(run_dir).seed}"
 
 
 def mcnemar_p(only_first: int, only_second: int) -> float:
@@ -104,8 +115,28 @@ def load(run_dirs) -> dict:
                        "(python -m trainers.main --flagfile=RUN/flags.txt) to write it "
                        "again.") from None
     name, seed = experiment_of(run_dir)
+    if seed in experiments[name]:
+      raise ValueError(f"{experiments[name][seed]['dir']} and {run_dir} are both experiment "
+                       f"{name}, {seed.replace('_', ' ')}: compare them in separate calls, or "
+                       "rename one folder.")
     experiments[name][seed] = {"dir": run_dir, "metrics": metrics}
+    _check_same_settings(name, experiments[name])
   return dict(experiments)
+
+
+def _check_same_settings(name: str, seeds: dict):
+  """Raises ValueError when the runs of one experiment differ in more than the seed."""
+  settings = {seed: {key: value for key, value in
+                     dataclasses.asdict(config_lib.load(run["dir"])).items()
+                     if key not in SAME_EXPERIMENT_EXCEPT} for seed, run in seeds.items()}
+  first_seed, first = next(iter(settings.items()))
+  for seed, other in settings.items():
+    changed = [key for key in first if first[key] != other[key]]
+    if changed:
+      raise ValueError(
+          f"the runs of {name} differ in more than the seed ({', '.join(changed)}: "
+          f"{seeds[first_seed]['dir']} vs {seeds[seed]['dir']}): give them different folder "
+          "names to compare them as two experiments.")
 
 
 def summarize(experiments: dict) -> list[dict]:

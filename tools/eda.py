@@ -61,11 +61,8 @@ def _row(result: scan.ScanResult) -> dict:
 def table_from_tfds(dataset: str, data_dir) -> tuple[pd.DataFrame, list]:
   """The same table from a built dataset: record metadata, no image decoding."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  import animals10_tfds  # pylint: disable=g-import-not-at-top,unused-import
-  builder = tfds.builder(dataset, data_dir=data_dir)
-  if not builder.is_prepared():
-    raise ValueError(f"{dataset} is not built in {builder.data_dir}: run `tfds build "
-                     "animals10_tfds --manual_dir=... --data_dir=...` first.")
+  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  builder = input_pipeline.builder(dataset, data_dir)
   fields = ("file_name", "sha256", "width", "height", "mode", "format", "orientation",
             "label", "phash")
   rows = []

@@ -1,12 +1,20 @@
-"""The one frozen configuration of a training run, and its checks.
+"""The one frozen configuration of a training run, its checks, and its file.
 
 `trainers.main` builds it from flags; everything below takes it as a plain object,
-so tests build a `Config` directly.
+so tests build a `Config` directly. The trainer writes it to RUN/config.json
+(`save`); `load` gives the same `Config` back to predict, export, compare and
+the tests (flags.txt stays, for rerunning the command line).
 """
 
 import dataclasses
+import json
 import os
+import typing
 from typing import Optional
+
+from trainers import run_folder
+
+CONFIG_FILE = "config.json"
 
 RESIZE_MODES = ("crop", "stretch")
 BALANCE_MODES = ("none", "undersample", "class_weight")
@@ -78,16 +86,67 @@ def _check(config: Config):
     raise ValueError("--strategy=tpu needs --tpu=NAME_OR_ADDRESS.")
 
 
-def run_settings(model_dir: str) -> dict:
-  """The flags a run was trained with, from its flags.txt."""
-  path = os.path.join(model_dir, "flags.txt")
-  if not os.path.exists(os.path.join(model_dir, "model.keras")) or not os.path.exists(path):
-    raise ValueError(f"{model_dir} is not a finished run (no model.keras or flags.txt): "
-                     "train one with python -m trainers.main first.")
-  settings = {}
-  with open(path) as file:
-    for line in file:
-      if line.startswith("--") and "=" in line:
-        key, value = line[2:].rstrip("\n").split("=", 1)
-        settings[key] = value
-  return settings
+# Settings a run may resume with changed: where it runs, how fast, and for how
+# many epochs. Any other change would pair backups with a different run.
+RESUMABLE_CHANGES = ("model_dir", "data_dir", "strategy", "tpu", "virtual_devices",
+                     "cluster_timeout", "cache", "cache_features", "deterministic", "epochs",
+                     "fine_tune_epochs", "early_stopping_patience")
+
+
+def check_resumable(config: Config):
+  """Raises ValueError when RUN/config.json holds a run of other settings."""
+  if not os.path.exists(os.path.join(config.model_dir, CONFIG_FILE)):
+    return
+  before = dataclasses.asdict(load(config.model_dir))
+  now = dataclasses.asdict(config)
+  changed = [f"--{name}={before[name]!r} before, {now[name]!r} now" for name in now
+             if name not in RESUMABLE_CHANGES and now[name] != before[name]]
+  if changed:
+    raise ValueError(f"{config.model_dir} holds a run with other settings ({'; '.join(changed)}): "
+                     "use a new --model_dir, or resume it with "
+                     f"--flagfile={os.path.join(config.model_dir, 'flags.txt')}.")
+
+
+def save(config: Config):
+  """Writes RUN/config.json (atomically)."""
+  run_folder.write_json(os.path.join(config.model_dir, CONFIG_FILE), dataclasses.asdict(config))
+
+
+def load(model_dir: str) -> Config:
+  """The `Config` a run folder was trained with, from its config.json.
+
+  Raises:
+    ValueError: no (readable) config.json, or one this version cannot read.
+  """
+  path = os.path.join(model_dir, CONFIG_FILE)
+  try:
+    with open(path) as file:
+      values = json.load(file)
+  except FileNotFoundError:
+    raise ValueError(f"{model_dir} is not a run folder (no {CONFIG_FILE}): train one with "
+                     "python -m trainers.main first.") from None
+  except (OSError, ValueError) as error:
+    raise ValueError(f"{path} is unreadable ({error}): rerun the run's command (python -m "
+                     f"trainers.main --flagfile={os.path.join(model_dir, 'flags.txt')}) to "
+                     "write it again.") from None
+  fields = {field.name: field for field in dataclasses.fields(Config)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ValueError(f"{path} has settings this version does not know ({', '.join(unknown)}): "
+                     "use the version of this code that trained it.")
+  hints = typing.get_type_hints(Config)
+  for name, value in values.items():
+    if typing.get_origin(hints[name]) is tuple:
+      values[name] = tuple(value)
+  # The folder it is read from, even if it was moved since training.
+  return dataclasses.replace(Config(**values), model_dir=model_dir)
+
+
+def load_finished(model_dir: str) -> Config:
+  """`load`, for a run that has its model.keras (predict, export)."""
+  config = load(model_dir)
+  if not os.path.exists(os.path.join(model_dir, "model.keras")):
+    raise ValueError(f"{model_dir} is not a finished run (no model.keras): train it to the "
+                     f"end with python -m trainers.main --flagfile="
+                     f"{os.path.join(model_dir, 'flags.txt')}.")
+  return config

@@ -1,8 +1,8 @@
 """Devices, precision policy and distribution strategy: decided once per run."""
 
 import dataclasses
-import json
 import os
+from typing import Any, Optional
 
 import tensorflow as tf
 
@@ -30,6 +30,9 @@ class Role:
   has_chief_task: bool = False
   address: str = ""
   peers: tuple[str, ...] = ()  # the other tasks' host:port
+  # The TFConfigClusterResolver that read TF_CONFIG (multi-worker only): the
+  # strategy is made from it, so TF_CONFIG is parsed once.
+  resolver: Optional[Any] = dataclasses.field(default=None, compare=False, repr=False)
 
   @property
   def is_chief(self) -> bool:
@@ -49,24 +52,24 @@ def role(strategy: str) -> Role:
   """
   if strategy != "multi_worker":
     return Role()
-  raw = os.environ.get("TF_CONFIG", "")
-  if not raw:
+  if not os.environ.get("TF_CONFIG"):
     raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable on "
                      "every worker: start them with `python -m tools.launch_local_cluster` "
                      "or see README, Multi-GPU and multi-host.")
   try:
-    tf_config = json.loads(raw)
-    cluster, task = tf_config["cluster"], tf_config["task"]
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    cluster = resolver.cluster_spec().as_dict()
     chiefs, workers = list(cluster.get("chief", [])), list(cluster.get("worker", []))
-    task_type, index = str(task["type"]), int(task["index"])
+    task_type, index = resolver.task_type, int(resolver.task_id)
     address = {"chief": chiefs, "worker": workers}[task_type][index]
-  except (ValueError, KeyError, IndexError, TypeError) as error:
+  except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
     raise ValueError(f"TF_CONFIG is not a usable cluster spec ({error!r}): it needs "
                      '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
                      '"worker", "index": N}}.') from None
   return Role(task_type=task_type, index=index, num_workers=len(chiefs) + len(workers),
               has_chief_task=bool(chiefs), address=address,
-              peers=tuple(peer for peer in chiefs + workers if peer != address))
+              peers=tuple(peer for peer in chiefs + workers if peer != address),
+              resolver=resolver)
 
 
 def split_cpu(count: int):
@@ -107,13 +110,15 @@ def resolve_precision(precision: str, strategy: str) -> str:
   return "mixed_bfloat16" if cpu_has_bf16() else "float32"
 
 
-def make_strategy(name: str, tpu: str = "", cluster_timeout: float = 300) -> tf.distribute.Strategy:
+def make_strategy(name: str, tpu: str = "", cluster_timeout: float = 300,
+                  this: Optional[Role] = None) -> tf.distribute.Strategy:
   """The tf.distribute strategy for `--strategy`.
 
   "auto" mirrors over all visible GPUs when there are several, else uses the
   default (single-device) strategy. "mirrored" without GPUs mirrors over the
-  logical CPU devices (see `split_cpu`). "multi_worker" joins the cluster in
-  TF_CONFIG, or exits with one line after `cluster_timeout` seconds.
+  logical CPU devices (see `split_cpu`). "multi_worker" joins the cluster of
+  `this` (default: `role(name)`), or exits with one line after
+  `cluster_timeout` seconds.
   """
   if name == "tpu":
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
@@ -121,7 +126,7 @@ def make_strategy(name: str, tpu: str = "", cluster_timeout: float = 300) -> tf.
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
   if name == "multi_worker":
-    return _multi_worker_strategy(role(name), cluster_timeout)
+    return _multi_worker_strategy(this or role(name), cluster_timeout)
   gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
   cpus = [device.name for device in tf.config.list_logical_devices("CPU")]
   if name == "mirrored":
@@ -141,7 +146,7 @@ def _multi_worker_strategy(this: Role, timeout: float) -> tf.distribute.Strategy
   with watchdog.deadline(timeout, this.peers,
                          f"{this.name} ({this.address}) joining its {this.num_workers}-task "
                          "cluster"):
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=this.resolver)
 
 
 def barrier(strategy: tf.distribute.Strategy):

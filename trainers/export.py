@@ -28,25 +28,24 @@ from trainers import run_folder  # pylint: disable=g-import-not-at-top
 _FLAGS = flags.FLAGS
 
 
-def float32_model(model_dir: str, settings: dict):
+def float32_model(config):
   """The run's model rebuilt under the float32 policy, with its trained weights."""
   import keras  # pylint: disable=g-import-not-at-top
   from trainers import models  # pylint: disable=g-import-not-at-top
-  trained = keras.saving.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
+  trained = keras.saving.load_model(os.path.join(config.model_dir, "model.keras"),
+                                    safe_mode=True)
   keras.mixed_precision.set_global_policy("float32")
-  model = models.build_model(
-      settings["model"], int(settings.get("image_size", 100)),
-      head_units=tuple(int(u) for u in settings.get("head_units", "128").split(",")),
-      augment=settings.get("augment") == "true", weights=None)
+  model = models.build_model(config.model, config.image_size, head_units=config.head_units,
+                             augment=config.augment, weights=None)
   model.set_weights(trained.get_weights())
   return model
 
 
-def check_batch(settings: dict, count: int):
+def check_batch(config, count: int):
   """Encoded JPEG bytes of `count` test images of the run's dataset."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  builder = input_pipeline.builder(settings["dataset"], settings.get("data_dir") or None)
+  builder = input_pipeline.builder(config.dataset, config.data_dir)
   records = input_pipeline.records(builder, "test").take(count)
   return tf.stack([record["image"] for record in records])
 
@@ -58,10 +57,10 @@ def export(model_dir: str, export_format: str, out: str = None, tolerance: float
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  settings = config_lib.run_settings(model_dir)
-  image_size, resize = int(settings.get("image_size", 100)), settings.get("resize", "crop")
-  model = float32_model(model_dir, settings)
-  encoded = check_batch(settings, check_images)
+  config = config_lib.load_finished(model_dir)
+  image_size, resize = config.image_size, config.resize
+  model = float32_model(config)
+  encoded = check_batch(config, check_images)
   images = tf.map_fn(lambda data: input_pipeline.decode_and_resize(data, image_size, resize),
                      encoded, fn_output_signature=tf.uint8)
   expected = model.predict(tf.cast(images, tf.float32), verbose=0)

@@ -219,6 +219,82 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
   return {label: float(weight) for label, weight in enumerate(weights)}
 
 
+SPLITS = ("train", "validation", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitPlan:
+  """What a run trains and evaluates on, decided once before any batch is made.
+
+  `keep[split]` is the file names that balancing keeps (None: every record
+  that passes the filters); `counts[split]` the records of each split after
+  filters and balancing; `steps` the training steps per epoch.
+  """
+
+  class_names: tuple[str, ...]
+  filters: Filters
+  keep: dict  # split -> tuple of file names, or None
+  counts: dict  # split -> int
+  class_weight: Optional[tuple[float, ...]]
+  sharding: str  # of the train split over the workers: see `sharding`
+  steps: int
+  batch_size: int
+  workers: int
+
+  @property
+  def worker_batch(self) -> int:
+    return self.batch_size // self.workers
+
+  def eval_plan(self, split: str) -> "EvalPlan":
+    return EvalPlan(self.counts[split], self.batch_size, self.workers)
+
+
+def plan(dataset_builder, filters: Filters, balance: str, batch_size: int, workers: int = 1,
+         steps_per_epoch: int = 0) -> SplitPlan:
+  """Reads every split's labels and names once and plans the run's data.
+
+  Args:
+    dataset_builder: from `builder`.
+    filters: metadata filters.
+    balance: "none", "undersample" (every split cut to its smallest class, as
+      the study did) or "class_weight" (inverse-frequency loss weights).
+    batch_size: global batch size.
+    workers: input pipelines (multi-worker hosts).
+    steps_per_epoch: cap on training steps per epoch; 0: one pass.
+
+  Raises:
+    ValueError: a split left empty, or a batch larger than the train split.
+  """
+  class_names = tuple(dataset_builder.info.features["label"].names)
+  keep, counts, train_labels = {}, {}, None
+  for split in SPLITS:
+    labels, names = labels_and_names(records(dataset_builder, split, filters))
+    keep[split] = None
+    if balance == "undersample":
+      keep[split] = tuple(undersample(labels, names, len(class_names)))
+      labels = labels[np.isin(names, keep[split])]
+    if not len(labels):  # pylint: disable=g-explicit-length-test
+      raise ValueError(f"No {split} images left after --keep_formats/--keep_modes/"
+                       "--keep_orientations/--balance: loosen the filters.")
+    counts[split] = len(labels)
+    if split == "train":
+      train_labels = labels
+  class_weight = None
+  if balance == "class_weight":
+    weights = class_weights(train_labels, len(class_names))
+    class_weight = tuple(weights[label] for label in range(len(class_names)))
+  steps = len(train_labels) // batch_size
+  if steps == 0:
+    raise ValueError(f"--batch_size={batch_size} is larger than the {len(train_labels)} "
+                     "training images: lower it.")
+  if steps_per_epoch:
+    steps = min(steps, steps_per_epoch)
+  return SplitPlan(class_names=class_names, filters=filters, keep=keep, counts=counts,
+                   class_weight=class_weight,
+                   sharding=sharding(dataset_builder, "train", workers), steps=steps,
+                   batch_size=batch_size, workers=workers)
+
+
 def decode_and_resize(image_bytes: tf.Tensor, image_size: int, resize: str) -> tf.Tensor:
   """Decodes a JPEG to image_size x image_size uint8, via DCT scaling when exact.
 

@@ -24,8 +24,10 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging  # pylint: disable=g-import-not-at-top
 
 from trainers import config as config_lib
+from trainers import devices
 from trainers import models
 from trainers import run_folder
+from trainers import train
 
 _MODEL = flags.DEFINE_enum("model", None, list(models.REGISTRY), "Model to train.")
 _DATASET = flags.DEFINE_string("dataset", "animals10_tfds/160px", "TFDS name/config.")
@@ -134,9 +136,6 @@ def main(argv):
     flags.FLAGS.model_dir = _new_run_folder(_MODEL.value)  # so flags.txt names it
   print(f"run folder: {_MODEL_DIR.value} (resume or rerun: python -m trainers.main "
         f"--flagfile={os.path.join(_MODEL_DIR.value, 'flags.txt')})", flush=True)
-  # pylint: disable=g-import-not-at-top  (TF import is slow)
-  from trainers import devices
-  from trainers import train
   try:
     config = _config()
     train.train_and_evaluate(config, flagfile=_flagfile())  # only the chief writes it

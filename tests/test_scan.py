@@ -222,4 +222,3 @@ def test_scan_workers_exit_when_the_build_is_killed(tmp_path):
     parent.wait()
   alive = processes.still_running(workers, seconds=20)
   assert not alive, f"orphaned scan workers {alive}"
-

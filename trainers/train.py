@@ -35,7 +35,6 @@ from trainers import run_folder
 from trainers import run_lock
 
 
-
 @dataclasses.dataclass(frozen=True)
 class _Phase:
   name: str

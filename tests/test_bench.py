@@ -1,9 +1,16 @@
-"""The benchmarks run on a tiny sample and report every figure (no timing asserts)."""
+"""The benchmarks run on a tiny sample and report every figure (no timing asserts).
+
+Slow: each starts TensorFlow and traces models (about 40 s together); run with --slow.
+"""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -93,6 +93,7 @@ def test_killed_worker_then_the_same_command_resumes_and_finishes(data_dir, tmp_
   assert json.loads((run / "metrics.json").read_text())["test_images"] > 0
 
 
+@pytest.mark.slow
 def test_unreachable_peer_fails_with_one_line_in_bounded_time(data_dir, tmp_path):
   port = launch_local_cluster.free_ports("127.0.0.1", 2)
   tf_config = launch_local_cluster.tf_configs("127.0.0.1", port)[0]  # worker 1 never starts

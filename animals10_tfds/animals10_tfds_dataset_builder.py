@@ -117,6 +117,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
           f"Add images to {source.archive or source.root} and build again: its "
           f"{len(kept)} usable distinct image(s) leave the {', '.join(empty)} split(s) "
           f"empty ({len(skipped)} file(s) skipped, {len(duplicates)} duplicate(s)).")
+    present = {result.label for result in kept}
+    missing = [folder for label, folder in enumerate(source_lib.FOLDERS) if label not in present]
+    if missing:
+      lost = [item for item in skipped if item["path"].split("/")[0] in missing]
+      reasons = sorted({item["reason"] for item in lost})
+      raise ValueError(
+          f"Add images to {', '.join(missing)} in {source.archive or source.root} and build "
+          f"again: {'that class folder has' if len(missing) == 1 else 'those have'} no usable "
+          f"image ({len(lost)} file(s) skipped{': ' + '; '.join(reasons) if reasons else ''}); "
+          "a model trained without a class never predicts it.")
     self.info.metadata.update(_metadata(skipped, duplicates, groups, splits))
     logging.info(_summary(self.builder_config.name, len(entries), seconds,
                           self.info.metadata))

@@ -122,6 +122,10 @@ class Source:
       parts = path.split("/")
       if any(_is_litter(part) for part in parts):
         continue
+      if not _is_utf8(path):  # a record's file_name must be text; name it escaped
+        skipped.append({"path": os.fsencode(path).decode("utf-8", "backslashreplace"),
+                        "reason": "file name is not valid UTF-8: rename the file"})
+        continue
       if len(parts) == 1:
         skipped.append({"path": path, "reason": "not inside a class folder"})
         continue
@@ -189,6 +193,15 @@ def _zip_prefix(names: Sequence[str]) -> Optional[str]:
       if len(parts) > index + 2 and parts[index + 1] in FOLDERS:
         return "/".join(parts[:index + 1]) + "/"
   return None
+
+
+def _is_utf8(path: str) -> bool:
+  """False for a name the OS gave with undecodable bytes (surrogate escapes)."""
+  try:
+    path.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def _is_litter(name: str) -> bool:

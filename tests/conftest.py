@@ -8,6 +8,18 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Test data beside the project in its workplace (never copied into it): a
+# user's clone has no ../shared, and the tests that need it skip there.
+SHARED = os.path.join(os.path.dirname(REPO), "shared")
+REAL = os.path.join(SHARED, "data", "real-photos")
+WEIGHTS_035 = os.path.join(
+    SHARED, "weights", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
+needs_real_photos = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(REAL, "raw-img")),
+    reason=f"no real photos at {REAL} (only the project's workplace has ../shared)")
+needs_imagenet_weights = pytest.mark.skipif(
+    not os.path.exists(WEIGHTS_035),
+    reason=f"no ImageNet weights at {WEIGHTS_035} (only the project's workplace has ../shared)")
 
 
 def pytest_addoption(parser):
@@ -45,4 +57,26 @@ def data_dir(sample_dir, tmp_path_factory):
        "animals10_tfds", f"--manual_dir={sample_dir}", f"--data_dir={data}",
        "--num_shards=4"],
       cwd=REPO, check=True, capture_output=True)
+  return data
+
+
+@pytest.fixture(scope="session")
+def run_dir(data_dir, tmp_path_factory):
+  """A finished cnn2 run (40 px, stretch, 3 steps) on the sample."""
+  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainers import train  # pylint: disable=g-import-not-at-top
+  folder = tmp_path_factory.mktemp("run") / "cnn2"
+  train.train_and_evaluate(config_lib.Config(
+      model="cnn2", model_dir=str(folder), data_dir=str(data_dir), image_size=40,
+      resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none"))
+  return folder
+
+
+@pytest.fixture(scope="session")
+def real_data_dir(tmp_path_factory):
+  """../shared/data/real-photos built with the real `tfds build` CLI, every config."""
+  data = tmp_path_factory.mktemp("real_tensorflow_datasets")
+  subprocess.run([os.path.join(os.path.dirname(sys.executable), "tfds"), "build",
+                  "animals10_tfds", f"--manual_dir={REAL}", f"--data_dir={data}"],
+                 cwd=REPO, check=True, capture_output=True)
   return data

@@ -87,3 +87,44 @@ def test_a_refused_manual_dir_ends_tfds_output_with_what_to_do(tmp_path):
   last = errors.strip().splitlines()[-1]
   assert last.startswith(f"ValueError: Move 'lupo' out of {tmp_path / 'raw-img'} and build "
                          "again"), last
+
+
+def _download_and_prepare(manual, data):
+  builder = tfds.builder("animals10_tfds/160px", data_dir=str(data))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+  return builder
+
+
+@pytest.mark.parametrize("how", ["empty_folder", "missing_folder", "zero_byte_files"])
+def test_a_class_with_no_usable_image_is_refused_naming_it(tmp_path, how):
+  from tools import make_sample  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / "manual"
+  make_sample.make_sample(str(manual), make_sample.counts_for(8, False), seed=3)
+  dogs = manual / "raw-img" / "cane"
+  for path in dogs.iterdir():
+    if how == "zero_byte_files":
+      path.write_bytes(b"")
+    else:
+      path.unlink()
+  if how == "missing_folder":
+    dogs.rmdir()
+  with pytest.raises(ValueError, match=r"^Add images to cane in .*raw-img and build again: "
+                                       r"that class folder has no usable image"):
+    _download_and_prepare(manual, tmp_path / "data")
+  assert os.listdir(tmp_path / "data" / "animals10_tfds" / "160px") == []
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_listed_escaped(tmp_path):
+  from tools import make_sample  # pylint: disable=g-import-not-at-top
+  manual = tmp_path / "manual"
+  make_sample.make_sample(str(manual), make_sample.counts_for(8, False), seed=3)
+  cats = manual / "raw-img" / "gatto"
+  first = sorted(cats.iterdir())[0]
+  odd = os.path.join(os.fsencode(cats), b"caf\xe9.jpg")  # Latin-1, as an old camera names it
+  with open(odd, "wb") as file:
+    file.write(first.read_bytes())
+  builder = _download_and_prepare(manual, tmp_path / "data")
+  assert {"path": "gatto/caf\\xe9.jpg", "reason": "file name is not valid UTF-8: rename the "
+          "file"} in builder.info.metadata["skipped"]
+  assert sum(split.num_examples for split in builder.info.splits.values()) == 80

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from trainers import callbacks as callbacks_lib
+from trainers import run_folder
 
 
 def test_history_rows_of_epochs_run_again_replace_the_old_ones(tmp_path):
@@ -71,7 +72,7 @@ def test_backup_pairs_hold_the_hash_of_their_weights(tmp_path):
   pairs = list(callbacks_lib.restore_pairs(backup_dir))
   assert [epoch for _, _, epoch in pairs] == [2, 1]
   for weights, metadata, _ in pairs:
-    assert json.loads(open(metadata).read())["weights_sha256"] == callbacks_lib.sha256_of(
+    assert json.loads(open(metadata).read())["weights_sha256"] == run_folder.sha256_of(
         weights)
   assert sorted(path.name for path in (tmp_path / "backup").iterdir()) == [
       "latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",

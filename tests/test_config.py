@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import pytest
 
@@ -14,7 +15,11 @@ from trainers import config as config_lib
     (dict(strategy="horovod"), "--strategy=horovod is not one of auto"),
     (dict(batch_size=0), "--batch_size must be at least 1, got 0"),
     (dict(image_size=-1), "--image_size must be at least 1"),
-    (dict(learning_rate=0.0), "Learning rates must be positive"),
+    (dict(learning_rate=0.0), "--learning_rate must be a positive number, got 0.0"),
+    (dict(learning_rate=float("nan")), "--learning_rate must be a positive number, got nan"),
+    (dict(fine_tune_learning_rate=-1e-5), "--fine_tune_learning_rate must be a positive"),
+    (dict(steps_per_epoch=-5), "--steps_per_epoch must be 0 .one pass. or positive, got -5"),
+    (dict(image_size=4000), "--image_size=4000 is above 1024: one batch would need tens of GB"),
     (dict(fine_tune=True, fine_tune_layers=0), "--fine_tune needs --fine_tune_epochs and"),
     (dict(head_units=(128, 0)), "--head_units must be positive"),
     (dict(cluster_timeout=-5), "--cluster_timeout must be positive"),
@@ -50,11 +55,73 @@ def test_config_json_of_another_version_or_cut_short_is_one_line(tmp_path):
     config_lib.load(str(tmp_path))
 
 
+def _backup(config, settings=None):
+  """A backup pair's metadata as `callbacks.Backup` writes it (settings: its hash)."""
+  folder = config_lib.run_paths.RunPaths(config.model_dir).backup("train")
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, "training_metadata.json"), "w") as file:
+    json.dump({"epoch": 0, "settings_sha256": settings or config_lib.settings_sha256(config)},
+              file)
+
+
 def test_resuming_may_change_where_and_how_long_but_nothing_else(tmp_path):
   first = config_lib.Config(model="cnn2", model_dir=str(tmp_path), epochs=5)
   config_lib.save(first)
+  _backup(first)
   config_lib.check_resumable(dataclasses.replace(first, epochs=8, data_dir="/elsewhere",
                                                  strategy="mirrored", virtual_devices=2))
   with pytest.raises(ValueError, match=r"other settings \(--learning_rate=0.001 before, "
                                        r"0.01 now\)"):
     config_lib.check_resumable(dataclasses.replace(first, learning_rate=0.01))
+
+
+def test_a_run_that_failed_before_its_first_epoch_takes_the_corrected_settings(tmp_path, capsys):
+  failed = config_lib.Config(model="mnv2", model_dir=str(tmp_path), weights="typo.h5")
+  config_lib.save(failed)  # what a run that stopped on a bad --weights leaves
+  config_lib.check_resumable(dataclasses.replace(failed, weights="none"))
+  assert "holds no finished epoch of its earlier settings" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "cut"])
+def test_without_a_readable_config_json_the_backups_settings_decide(tmp_path, damage):
+  trained = config_lib.Config(model="mnv2", model_dir=str(tmp_path), image_size=48)
+  config_lib.save(trained)
+  _backup(trained)
+  path = tmp_path / "config.json"
+  if damage == "delete":
+    path.unlink()
+  else:
+    path.write_text("garbage" if damage == "garbage" else path.read_text()[:40])
+  with pytest.raises(ValueError, match=r"has no readable config.json and .*training_metadata"
+                                       r".json was made with other settings"):
+    config_lib.check_resumable(dataclasses.replace(trained, image_size=64))
+  config_lib.check_resumable(dataclasses.replace(trained, epochs=20))  # same settings: resumes
+
+
+def test_backups_of_an_older_version_without_a_hash_are_not_trusted(tmp_path):
+  trained = config_lib.Config(model="cnn2", model_dir=str(tmp_path))
+  _backup(trained)
+  metadata = next(tmp_path.rglob("training_metadata.json"))
+  metadata.write_text('{"epoch": 0}')
+  with pytest.raises(ValueError, match="was made with other settings .or by an older version"):
+    config_lib.check_resumable(trained)
+
+
+def test_a_finished_run_gets_its_damaged_config_json_back_only_from_its_own_settings(tmp_path):
+  trained = config_lib.Config(model="cnn2", model_dir=str(tmp_path), epochs=3)
+  metrics = {"accuracy_test": 0.5, "settings_sha256": config_lib.settings_sha256(trained)}
+  (tmp_path / "config.json").write_text("{")
+  with pytest.raises(ValueError, match=r"config.json is missing or unreadable, and this "
+                                       r"command's settings are not those"):
+    config_lib.check_finished(dataclasses.replace(trained, seed=4), metrics)
+  config_lib.check_finished(trained, metrics)
+  assert config_lib.load(str(tmp_path)) == trained
+
+
+def test_a_finished_run_refuses_a_command_of_other_settings(tmp_path):
+  trained = config_lib.Config(model="cnn2", model_dir=str(tmp_path), epochs=3)
+  config_lib.save(trained)
+  metrics = {"accuracy_test": 0.5, "settings_sha256": config_lib.settings_sha256(trained)}
+  with pytest.raises(ValueError, match=r"holds a finished run with other settings "
+                                       r"\(--batch_size=24 before, 8 now\)"):
+    config_lib.check_finished(dataclasses.replace(trained, batch_size=8), metrics)

@@ -21,6 +21,8 @@ import pytest
 import tensorflow as tf
 
 from trainers import input_pipeline
+from trainers import dataset as dataset_lib
+from trainers import records as records_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Several transfer models built and traced: minutes on 2 cores (CI runs them).
@@ -67,7 +69,7 @@ def runs(data_dir, tmp_path_factory):
 def test_mirrored_run_validates_and_counts_every_test_image_once(runs, data_dir, case):
   run = runs[case]
   metrics = json.loads((run / "metrics.json").read_text())
-  builder = input_pipeline.builder("animals10_tfds/160px", str(data_dir))
+  builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
   assert metrics["test_images"] == builder.info.splits["test"].num_examples == 85
   with open(run / "predictions.csv", newline="") as file:
     rows = list(csv.DictReader(file))
@@ -84,12 +86,12 @@ def test_mirrored_metrics_equal_a_one_device_evaluation_of_the_saved_model(runs,
                                                                             case):
   run = runs[case]
   model = keras.saving.load_model(run / "model.keras")
-  builder = input_pipeline.builder("animals10_tfds/160px", str(data_dir))
+  builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
   size = 32 if CASES[case][0] != "cnn4" else 48
   expected = {}
   for split in ("validation", "test"):
-    records = input_pipeline.records(builder, split)
-    labels, names = input_pipeline.labels_and_names(records)
+    records = records_lib.records(builder, split)
+    labels, names = records_lib.labels_and_names(records)
     batches = input_pipeline.images(records, size, "crop").batch(7).map(
         lambda image, label: (keras.ops.cast(image, "float32"), label)).apply(
             tf.data.experimental.assert_cardinality(-(-len(labels) // 7)))  # no "ran out"

@@ -15,6 +15,11 @@ STUDY = {  # experiment: (model, epochs, batch, augment, JPEG+RGB only, fine-tun
     "enb3": ("enb3", 10, 32, False, True, False),
     "dn121": ("dn121", 10, 32, False, True, False),
 }
+# Beside the study's rows: its mnv2 rows with the 0.35-wide MobileNetV2, at 160 px.
+PRESETS = {
+    "mnv2_035": ("mnv2_035", 60, 128, False, True, False),
+    "mnv2_035_fine_tune": ("mnv2_035", 60, 128, False, True, True),
+}
 
 
 @pytest.fixture(scope="module")
@@ -24,25 +29,26 @@ def trainer_flags():
   flags.FLAGS.unparse_flags()
 
 
-@pytest.mark.parametrize("experiment", sorted(STUDY))
+@pytest.mark.parametrize("experiment", sorted(STUDY) + sorted(PRESETS))
 def test_flagfile_parses_to_the_study_settings(trainer_flags, experiment):
   command = reproduce.command(experiment, 0, "DATA", "RUN")
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["trainers.main"] + [arg for arg in command if arg.startswith("--")])
   config = trainer_flags._config()  # pylint: disable=protected-access
-  model, epochs, batch, augment, jpeg_rgb, fine_tune = STUDY[experiment]
+  model, epochs, batch, augment, jpeg_rgb, fine_tune = {**STUDY, **PRESETS}[experiment]
   assert (config.model, config.epochs, config.batch_size, config.augment) == (
       model, epochs, batch, augment)
   assert (config.keep_formats == ("JPEG",) and config.keep_modes == ("RGB",)) == jpeg_rgb
   assert config.fine_tune == fine_tune
-  assert (config.balance, config.image_size, config.resize) == ("undersample", 100, "crop")
+  assert (config.balance, config.image_size, config.resize) == (
+      "undersample", 160 if experiment in PRESETS else 100, "crop")
   assert config.learning_rate == 0.001 and config.early_stopping_patience > 0
   assert config.head_units == (128,)
   assert config.deterministic and config.model_dir == "RUN" and config.data_dir == "DATA"
 
 
-def test_every_study_row_has_a_flagfile():
-  assert reproduce.available() == sorted(STUDY)
+def test_every_study_row_and_preset_has_a_flagfile():
+  assert reproduce.available() == sorted({**STUDY, **PRESETS})
 
 
 def test_quick_and_weights_override_come_after_the_flagfile():
@@ -58,3 +64,19 @@ def test_nocache_features_reaches_every_run(trainer_flags):
   flags.FLAGS(["trainers.main"] + [arg for arg in command if arg.startswith("--")])
   assert trainer_flags._config().cache_features is False  # pylint: disable=protected-access
   assert "--nocache_features" not in reproduce.command("dn121", 0, "DATA", "RUN")
+
+
+def test_overrides_after_the_flagfile_reach_every_run_and_its_config(trainer_flags):
+  overrides = ["--keep_formats=", "--keep_modes=", "--balance=class_weight"]
+  command = reproduce.command("model_02", 0, "DATA", "RUN", overrides=overrides)
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["trainers.main"] + [arg for arg in command if arg.startswith("--")])
+  config = trainer_flags._config()  # pylint: disable=protected-access
+  assert (config.keep_formats, config.keep_modes, config.balance) == ((), (), "class_weight")
+  assert config.overrides == tuple(overrides)
+
+
+def test_weights_override_skips_the_cnns():
+  assert "--weights=w.h5" in reproduce.command("mnv2_035", 0, None, "RUN", weights="w.h5")
+  assert not any(arg.startswith("--weights")
+                 for arg in reproduce.command("model_01", 0, None, "RUN", weights="w.h5"))

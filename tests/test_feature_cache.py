@@ -16,12 +16,14 @@ import tensorflow as tf
 from trainers import config as config_lib
 from trainers import feature_cache
 from trainers import input_pipeline
+from trainers import dataset as dataset_lib
+from trainers import records as records_lib
 from trainers import metrics as metrics_lib
 from trainers import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Several transfer models built and traced: minutes on 2 cores (CI runs them).
-pytestmark = pytest.mark.slow
+# Tests that build and trace transfer models take minutes on 2 cores: marked slow
+# (CI runs them); the feature files' own checks are fast.
 # float32 and deterministic ops, so both paths can be compared to float noise.
 # DenseNet121: without pretrained weights MobileNetV2's features are all ~1e-12,
 # DenseNet's vary from image to image, so its head learns and the order counts.
@@ -42,6 +44,7 @@ def both_paths(data_dir, tmp_path_factory):
   return runs
 
 
+@pytest.mark.slow
 def test_head_on_cached_features_trains_as_the_whole_model_does(both_paths):
   (_, cached), (_, plain) = both_paths[True], both_paths[False]
   assert cached["phases"]["train"]["cached_features"] is True
@@ -52,13 +55,14 @@ def test_head_on_cached_features_trains_as_the_whole_model_does(both_paths):
   assert cached["val_loss_train"] == pytest.approx(plain["val_loss_train"], rel=0.01)
 
 
+@pytest.mark.slow
 def test_model_saved_after_cached_training_predicts_as_the_trained_one(both_paths, data_dir):
   folder, result = both_paths[True]
-  assert not (folder / feature_cache.FOLDER).exists()  # the cache goes with the phase
+  assert not (folder / "features").exists()  # the cache goes with the phase
   model = keras.saving.load_model(folder / "model.keras", safe_mode=True)
-  builder = input_pipeline.builder("animals10_tfds/160px", str(data_dir))
-  records = input_pipeline.records(builder, "test")
-  labels, names = input_pipeline.labels_and_names(records)
+  builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
+  records = records_lib.records(builder, "test")
+  labels, names = records_lib.labels_and_names(records)
   probabilities = model.predict(
       input_pipeline.images(records, SETTINGS["image_size"], "crop").batch(32).map(
           lambda image, label: keras.ops.cast(image, "float32")).apply(
@@ -71,6 +75,7 @@ def test_model_saved_after_cached_training_predicts_as_the_trained_one(both_path
   assert result["accuracy_test"] == pytest.approx(np.mean(probabilities.argmax(1) == labels))
 
 
+@pytest.mark.slow
 def test_killed_during_extraction_the_same_command_resumes_to_the_same_result(
     both_paths, data_dir, tmp_path):
   run = tmp_path / "killed"
@@ -80,15 +85,15 @@ def test_killed_during_extraction_the_same_command_resumes_to_the_same_result(
               for key, value in SETTINGS.items()]
   process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-  folder = run / feature_cache.FOLDER / "train"
+  folder = run / "features" / "train"
   deadline = time.time() + 240
   while time.time() < deadline and process.poll() is None:
-    if (folder / "train.labels.npy").exists():  # train split saved, validation not yet
+    if (folder / "train.meta.json").exists():  # train split saved, validation not yet
       break
     time.sleep(0.01)
   os.kill(process.pid, signal.SIGKILL)
   process.wait()
-  assert (folder / "train.labels.npy").exists()
+  assert (folder / "train.meta.json").exists()
   assert not (folder / "validation.labels.npy").exists(), "killed after the extraction"
   resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -112,3 +117,67 @@ def test_features_are_cached_only_where_the_backbone_output_never_changes(overri
   found = feature_cache.reason_not_cached(config, phase, images_trained=config.epochs * steps
                                           * config.batch_size, train_images=300)
   assert found is None if reason is None else reason in found
+
+
+@pytest.fixture(scope="module")
+def saved_splits(data_dir, tmp_path_factory):
+  """Features of the train and validation splits saved by `extract` with a tiny
+  extractor (mean colour), and a function that extracts a split again."""
+  builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
+  inputs = keras.Input((16, 16, 3))
+  extractor = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+  folder = tmp_path_factory.mktemp("features")
+
+  def extract(split, settings="run-a"):
+    return feature_cache.extract(extractor, records_lib.records(builder, split),
+                                 folder=str(folder), split=split, batch_size=8, image_size=16,
+                                 resize="crop", settings_sha256=settings)
+
+  saved = {split: np.array(extract(split).features) for split in ("train", "validation")}
+  return folder, saved, extract
+
+
+def _damage(folder, how):
+  features, labels = folder / "train.features.npy", folder / "train.labels.npy"
+  if how == "random_4kb":
+    data = bytearray(features.read_bytes())
+    data[-4096:] = np.random.default_rng(0).bytes(4096)
+    features.write_bytes(bytes(data))
+  elif how == "all_nan":
+    shape = np.load(features).shape
+    np.save(features, np.full(shape, np.nan, np.float32))
+  elif how == "validation_copied_over_train":
+    features.write_bytes((folder / "validation.features.npy").read_bytes())
+    labels.write_bytes((folder / "validation.labels.npy").read_bytes())
+  elif how == "truncated":
+    features.write_bytes(features.read_bytes()[:200])
+  elif how == "garbage_header":
+    features.write_bytes(b"\x93NUMPY garbage" + features.read_bytes()[15:])
+  elif how == "truncated_labels":
+    labels.write_bytes(labels.read_bytes()[:20])
+  elif how == "no_metadata":
+    (folder / "train.meta.json").unlink()
+
+
+@pytest.mark.parametrize("how", ["random_4kb", "all_nan", "validation_copied_over_train",
+                                 "truncated", "garbage_header", "truncated_labels",
+                                 "no_metadata"])
+def test_damaged_cached_features_are_extracted_again_never_trained_on(saved_splits, how,
+                                                                       capsys):
+  folder, saved, extract = saved_splits
+  _damage(folder, how)
+  capsys.readouterr()
+  again = extract("train")
+  line = capsys.readouterr().out
+  assert line.startswith("info: cached features of train in ") and "extracting them again" in line
+  np.testing.assert_array_equal(np.asarray(again.features), saved["train"])
+  extract("train")  # and the new files check out: no second extraction
+  assert capsys.readouterr().out == ""
+
+
+def test_features_of_other_settings_are_not_used(saved_splits, capsys):
+  _, saved, extract = saved_splits
+  capsys.readouterr()
+  np.testing.assert_array_equal(np.asarray(extract("validation", settings="run-b").features),
+                                saved["validation"])
+  assert "made with other settings" in capsys.readouterr().out

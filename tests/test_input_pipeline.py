@@ -11,36 +11,39 @@ import tensorflow_datasets as tfds
 
 from animals10_tfds import source
 from trainers import input_pipeline
+from trainers import dataset as dataset_lib
+from trainers import records as records_lib
+from trainers import split_plan
 
 
 @pytest.fixture(scope="module")
 def builder(data_dir):
-  return input_pipeline.builder("animals10_tfds/160px", str(data_dir))
+  return dataset_lib.builder("animals10_tfds/160px", str(data_dir))
 
 
 def test_images_and_labels_match_their_files(builder):
-  records = input_pipeline.records(builder, "train")
-  labels, names = input_pipeline.labels_and_names(records)
+  records = records_lib.records(builder, "train")
+  labels, names = records_lib.labels_and_names(records)
   assert all(source.FOLDERS.index(name.split("/")[0]) == label
              for label, name in zip(labels, names))
-  plan = input_pipeline.EvalPlan(len(labels), batch_size=8)
+  plan = split_plan.EvalPlan(len(labels), batch_size=8)
   batch = next(iter(input_pipeline.eval_batches(records, plan, image_size=64)))
   assert batch[0].shape == (8, 64, 64, 3) and batch[0].dtype == tf.float32
   np.testing.assert_array_equal(batch[1].numpy(), labels[:8])
 
 
 def test_filters_keep_only_matching_records(builder):
-  all_labels, _ = input_pipeline.labels_and_names(input_pipeline.records(builder, "train"))
-  landscape = input_pipeline.Filters(orientations=("landscape",))
-  labels, names = input_pipeline.labels_and_names(
-      input_pipeline.records(builder, "train", landscape))
+  all_labels, _ = records_lib.labels_and_names(records_lib.records(builder, "train"))
+  landscape = records_lib.Filters(orientations=("landscape",))
+  labels, names = records_lib.labels_and_names(
+      records_lib.records(builder, "train", landscape))
   orientations = {record["file_name"].numpy().decode(): record["orientation"].numpy().decode()
                   for record in builder.as_dataset(
                       split="train", decoders={"image": tfds.decode.SkipDecoding()})}
   assert len(labels) == sum(1 for value in orientations.values() if value == "landscape")
   assert 0 < len(labels) < len(all_labels)
-  jpeg_rgb = input_pipeline.Filters(formats=("JPEG",), modes=("RGB",))
-  _, kept = input_pipeline.labels_and_names(input_pipeline.records(builder, "train", jpeg_rgb))
+  jpeg_rgb = records_lib.Filters(formats=("JPEG",), modes=("RGB",))
+  _, kept = records_lib.labels_and_names(records_lib.records(builder, "train", jpeg_rgb))
   originals = {record["file_name"].numpy().decode(): (record["format"].numpy().decode(),
                                                       record["mode"].numpy().decode())
                for record in builder.as_dataset(
@@ -48,44 +51,44 @@ def test_filters_keep_only_matching_records(builder):
   assert sorted(kept) == sorted(name for name, value in originals.items()
                                 if value == ("JPEG", "RGB"))
   assert kept
-  nothing = input_pipeline.Filters(formats=("TIFF",))
-  assert not len(input_pipeline.labels_and_names(
-      input_pipeline.records(builder, "train", nothing))[0])
+  nothing = records_lib.Filters(formats=("TIFF",))
+  assert not len(records_lib.labels_and_names(
+      records_lib.records(builder, "train", nothing))[0])
 
 
 def test_undersample_cuts_every_class_to_the_smallest(builder):
-  labels, names = input_pipeline.labels_and_names(input_pipeline.records(builder, "train"))
-  keep = input_pipeline.undersample(labels, names, 10)
-  kept_labels, _ = input_pipeline.labels_and_names(
-      input_pipeline.records(builder, "train", keep_names=keep))
+  labels, names = records_lib.labels_and_names(records_lib.records(builder, "train"))
+  keep = split_plan.undersample(labels, names, 10)
+  kept_labels, _ = records_lib.labels_and_names(
+      records_lib.records(builder, "train", keep_names=keep))
   smallest = np.bincount(labels, minlength=10).min()
   assert np.bincount(kept_labels, minlength=10).tolist() == [smallest] * 10
-  assert sorted(keep) == sorted(input_pipeline.undersample(labels[::-1], names[::-1], 10))
+  assert sorted(keep) == sorted(split_plan.undersample(labels[::-1], names[::-1], 10))
 
 
 def test_plan_counts_balanced_splits_and_steps_once(builder):
-  plan = input_pipeline.plan(builder, input_pipeline.Filters(), "undersample", batch_size=16,
+  plan = split_plan.plan(builder, records_lib.Filters(), "undersample", batch_size=16,
                              workers=2, steps_per_epoch=0)
-  for split in input_pipeline.SPLITS:
-    labels, names = input_pipeline.labels_and_names(input_pipeline.records(builder, split))
+  for split in split_plan.SPLITS:
+    labels, names = records_lib.labels_and_names(records_lib.records(builder, split))
     present = np.bincount(labels, minlength=10)
     present = present[present > 0]  # a small split may lack a class: it is not balanced in
     assert plan.counts[split] == len(present) * present.min() == len(plan.keep[split])
     assert set(plan.keep[split]) <= set(names)
   assert plan.steps == plan.counts["train"] // 16 and plan.worker_batch == 8
   assert plan.class_weight is None and plan.eval_plan("test").count == plan.counts["test"]
-  weighted = input_pipeline.plan(builder, input_pipeline.Filters(), "class_weight",
+  weighted = split_plan.plan(builder, records_lib.Filters(), "class_weight",
                                  batch_size=16, steps_per_epoch=3)
   assert weighted.keep["train"] is None and weighted.steps == 3
   assert len(weighted.class_weight) == 10 and min(weighted.class_weight) > 0
   with pytest.raises(ValueError, match="--batch_size=100000 is larger"):
-    input_pipeline.plan(builder, input_pipeline.Filters(), "none", batch_size=100_000)
+    split_plan.plan(builder, records_lib.Filters(), "none", batch_size=100_000)
   with pytest.raises(ValueError, match="No train images left"):
-    input_pipeline.plan(builder, input_pipeline.Filters(formats=("TIFF",)), "none", 16)
+    split_plan.plan(builder, records_lib.Filters(formats=("TIFF",)), "none", 16)
 
 
 def test_class_weights_are_inverse_frequency():
-  weights = input_pipeline.class_weights(np.array([0, 0, 0, 1]), 2)
+  weights = split_plan.class_weights(np.array([0, 0, 0, 1]), 2)
   assert weights == {0: 4 / 6, 1: 2.0}
 
 
@@ -117,7 +120,7 @@ def test_small_images_are_upscaled_not_overscaled():
 
 
 def test_training_batches_are_seeded_per_epoch(builder):
-  records = input_pipeline.records(builder, "train")
+  records = records_lib.records(builder, "train")
   stream = input_pipeline.TrainingStream(batch_size=16, steps_per_epoch=2, epochs=3, seed=3,
                                          image_size=32, deterministic=True)
   full = [labels.numpy().tolist() for _, labels in

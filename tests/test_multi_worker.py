@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from tools import launch_local_cluster
 from trainers import devices
-from trainers import input_pipeline
+from trainers import dataset as dataset_lib
+from trainers import records as records_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +45,7 @@ def test_two_workers_train_on_their_own_files_and_only_the_chief_writes(data_dir
   print(f"2-worker run: {time.time() - started:.1f} s")
   assert result.returncode == 0, result.stderr[-3000:]
   metrics = json.loads((run / "metrics.json").read_text())
-  builder = input_pipeline.builder("animals10_tfds/160px", str(data_dir))
+  builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
   assert metrics["test_images"] == builder.info.splits["test"].num_examples  # once, all of it
   assert 0 <= metrics["accuracy_test"] <= 1
   for worker in (0, 1):
@@ -161,14 +162,14 @@ def test_bad_tf_config_is_one_clear_error(monkeypatch):
 @pytest.mark.parametrize("workers,expected", [(1, "none"), (2, "file"), (4, "file"),
                                               (3, "record"), (8, "record")])
 def test_records_are_split_between_workers_without_overlap(data_dir, workers, expected):
-  builder = input_pipeline.builder("animals10_tfds/160px", str(data_dir))
+  builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
   assert builder.info.splits["train"].num_shards == 4
-  assert input_pipeline.sharding(builder, "train", workers) == expected
+  assert records_lib.sharding(builder, "train", workers) == expected
   shares = []
   for index in range(workers):
     context = tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=index)
-    shares.append(input_pipeline.labels_and_names(
-        input_pipeline.records(builder, "train", input_context=context))[1])
-  everything = input_pipeline.labels_and_names(input_pipeline.records(builder, "train"))[1]
+    shares.append(records_lib.labels_and_names(
+        records_lib.records(builder, "train", input_context=context))[1])
+  everything = records_lib.labels_and_names(records_lib.records(builder, "train"))[1]
   assert sorted(sum(shares, [])) == sorted(everything)  # all of it, each record once
   assert all(shares)

@@ -1,4 +1,4 @@
-"""trainers.predict on good, odd and broken files; trainers.export parity."""
+"""trainers.predict on good, odd and broken files; a finished run's config.json."""
 
 import json
 import os
@@ -15,15 +15,6 @@ from trainers import predict
 from trainers import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory):
-  folder = tmp_path_factory.mktemp("run") / "cnn2"
-  train.train_and_evaluate(config_lib.Config(
-      model="cnn2", model_dir=str(folder), data_dir=str(data_dir), image_size=40,
-      resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none"))
-  return folder
 
 
 @pytest.fixture(scope="module")
@@ -81,22 +72,6 @@ def test_predict_gives_the_saved_model_s_probabilities_at_the_run_s_size(run_dir
   np.testing.assert_allclose([got[label] for label in labels], expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("export_format", ["saved_model", "tflite"])
-def test_export_matches_keras(run_dir, export_format, tmp_path):
-  out = str(tmp_path / ("model.tflite" if export_format == "tflite" else "saved_model"))
-  result = export.export(str(run_dir), export_format, out, tolerance=1e-4, check_images=8)
-  assert os.path.exists(out) and result["max_abs_diff"] <= 1e-4
-
-
-def test_export_that_fails_its_check_is_not_written(run_dir, tmp_path):
-  out = tmp_path / "model.tflite"
-  out.write_bytes(b"the previous export")
-  with pytest.raises(ValueError, match="differs from the Keras model .* not written"):
-    export.export(str(run_dir), "tflite", str(out), tolerance=-1, check_images=4)
-  assert out.read_bytes() == b"the previous export"
-  assert sorted(path.name for path in tmp_path.iterdir()) == ["model.tflite"]
-
-
 def test_not_a_run_folder_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="is not a run folder .*python -m trainers.main"):
     predict.predict(str(tmp_path), [str(tmp_path)])
@@ -123,3 +98,39 @@ def test_resuming_with_other_settings_is_refused(run_dir, data_dir):
           resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none"))
   finally:
     (run_dir / "metrics.moved").rename(run_dir / "metrics.json")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(top_k=0), "--top_k must be between 1 and 10, got 0"),
+    (dict(top_k=-2), "--top_k must be between 1 and 10, got -2"),
+    (dict(batch_size=0), "--batch_size must be at least 1, got 0"),
+])
+def test_out_of_range_arguments_are_refused_before_any_work(run_dir, images, arguments,
+                                                            message):
+  with pytest.raises(ValueError, match=message):
+    predict.predict(str(run_dir), [str(images)], **arguments)
+
+
+def test_an_explain_folder_that_cannot_be_written_is_refused_before_predicting(run_dir, images,
+                                                                               tmp_path):
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(ValueError, match=r"--explain=.*a_file cannot be written .*nothing was "
+                                       r"predicted"):
+    predict.predict(str(run_dir), [str(images)], explain_dir=str(tmp_path / "a_file"))
+
+
+def test_predictions_stand_when_writing_an_explanation_fails(run_dir, images, tmp_path,
+                                                             monkeypatch):
+  def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(predict.explain, "write", disk_full)
+  results, errors = predict.predict(str(run_dir), [str(images / "dog.jpg")],
+                                    explain_dir=str(tmp_path / "explained"))
+  assert len(results) == 1 and results[0]["predictions"]
+  assert errors == [{"path": str(tmp_path / "explained"),
+                     "error": "explanations not written: No space left on device"}]
+
+
+def test_a_file_name_with_a_newline_stays_on_its_row():
+  row = predict.table_row("folder/two\nlines\t.jpg", [{"label": "dog", "probability": 0.5}])
+  assert row == "folder/two\\nlines\\t.jpg\tdog 0.500" and len(row.splitlines()) == 1

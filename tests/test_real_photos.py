@@ -7,42 +7,31 @@ byte-identical copies. A user's clone has no ../shared: every test here skips th
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL = os.path.join(os.path.dirname(REPO), "shared", "data", "real-photos")
-pytestmark = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(REAL, "raw-img")),
-    reason=f"no real photos at {REAL} (only the project's workplace has ../shared)")
+from conftest import REAL
+from conftest import needs_real_photos
+
+pytestmark = needs_real_photos
 
 FILES = 499
 IDENTICAL_COPIES = 7
 
 
-@pytest.fixture(scope="module")
-def real_data_dir(tmp_path_factory):
-  data = tmp_path_factory.mktemp("real_tensorflow_datasets")
-  subprocess.run([os.path.join(os.path.dirname(sys.executable), "tfds"), "build",
-                  "animals10_tfds", f"--manual_dir={REAL}", f"--data_dir={data}"],
-                 cwd=REPO, check=True, capture_output=True)
-  return data
-
-
 @pytest.mark.parametrize("config", ["full", "160px"])
 def test_every_real_photo_is_kept_or_a_counted_duplicate(real_data_dir, config):
-  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  builder = input_pipeline.builder(f"animals10_tfds/{config}", str(real_data_dir))
+  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  builder = dataset_lib.builder(f"animals10_tfds/{config}", str(real_data_dir))
   metadata = json.loads((builder.data_path / "metadata.json").read_text())
   records = sum(split.num_examples for split in builder.info.splits.values())
   assert metadata["skipped"] == []  # no good file lost
   assert len(metadata["duplicates"]) == IDENTICAL_COPIES
   assert records == FILES - IDENTICAL_COPIES == 492
   for split in ("train", "validation", "test"):
-    for record in input_pipeline.records(builder, split):
+    for record in records_lib.records(builder, split):
       image = tf.io.decode_jpeg(record["image"], channels=3)
       assert image.shape[0] > 0 and image.shape[1] > 0 and image.shape[2] == 3
 
@@ -64,3 +53,16 @@ def test_one_cnn2_epoch_on_the_real_photos(real_data_dir, tmp_path):
       image_size=64, batch_size=32, epochs=1, weights="none"))
   assert result["test_images"] == 94
   assert sum(row["support"] for row in result["per_class"].values()) == 94
+
+
+def test_the_study_s_format_filters_leave_classes_empty_and_say_so(real_data_dir):
+  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers import split_plan  # pylint: disable=g-import-not-at-top
+  builder = dataset_lib.builder("animals10_tfds/160px", str(real_data_dir))
+  filters = records_lib.Filters(formats=("JPEG",), modes=("RGB",))
+  with pytest.raises(ValueError, match=r"the train split has no .*dog.* image: rebuild the "
+                                       r"dataset with every class, loosen --keep_formats"):
+    split_plan.plan(builder, filters, "none", 4)
+  plan = split_plan.plan(builder, filters, "none", 4, allow_empty_classes=True)
+  assert 0 < plan.counts["train"] < 100

@@ -86,8 +86,10 @@ def directory_loader(manual_dir, image_size, batch_size, limit):
 
 def _split(config, data_dir):
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  builder = input_pipeline.builder(f"animals10_tfds/{config}", data_dir)
-  return input_pipeline, builder, input_pipeline.records(builder, "train")
+  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  builder = dataset_lib.builder(f"animals10_tfds/{config}", data_dir)
+  return input_pipeline, builder, records_lib.records(builder, "train")
 
 
 def decode_ceiling(config, data_dir, image_size, batch_size, limit):
@@ -105,12 +107,13 @@ def decode_ceiling(config, data_dir, image_size, batch_size, limit):
 
 def pipeline(config, data_dir, image_size, batch_size, cached):
   """The trainer's pipeline over one whole epoch of the train split."""
+  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
   steps = max(1, builder.info.splits["train"].num_examples // batch_size)
   dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=1,
       image_size=image_size, cache_decoded=cached,
-      record_bytes=input_pipeline.mean_record_bytes(builder)))
+      record_bytes=records_lib.mean_record_bytes(builder)))
 
   def run():
     return _count(dataset)

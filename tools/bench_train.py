@@ -5,7 +5,7 @@ phase of a transfer model, plain against cached features (`--model`).
         [--rss_data_dirs=SMALL_DATA_DIR,FULL_DATA_DIR] --json=bench_train.json
     python -m tools.bench_train --data_dir=work/tensorflow_datasets --model=dn121
 
-With --model (mnv2, enb3 or dn121, weights=None, the `auto` precision), one run
+With --model (mnv2, mnv2_035, enb3 or dn121, weights=None, the `auto` precision), one run
 measures side by side: the plain frozen phase (the whole model fit on decoded
 batches), one extraction pass (images to pooled features) and the head alone
 fit on those features, each the median over --passes epochs after a traced
@@ -87,11 +87,13 @@ def throughput(data_dir, precision, image_size=100, batch_size=32, steps=40, pas
   """Images/second of cnn2 under `precision`, fed three ways."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  builder = input_pipeline.builder("animals10_tfds/160px", data_dir)
-  records = input_pipeline.records(builder, "train")
+  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  builder = dataset_lib.builder("animals10_tfds/160px", data_dir)
+  records = records_lib.records(builder, "train")
   stream = input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1,
-      image_size=image_size, record_bytes=input_pipeline.mean_record_bytes(builder))
+      image_size=image_size, record_bytes=records_lib.mean_record_bytes(builder))
   fed = input_pipeline.training_batches(records, stream)
   # --cache: an epoch's worth of records, decoded once during the traced epoch.
   cached = input_pipeline.training_batches(records.take(steps * batch_size),
@@ -116,13 +118,15 @@ def epoch_peak_rss(data_dir, image_size=100, batch_size=32) -> dict:
 
 def _rss_child(data_dir, image_size, batch_size):
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  builder = input_pipeline.builder("animals10_tfds/160px", data_dir)
-  records = input_pipeline.records(builder, "train")
+  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  builder = dataset_lib.builder("animals10_tfds/160px", data_dir)
+  records = records_lib.records(builder, "train")
   images = builder.info.splits["train"].num_examples
   steps = images // batch_size
   dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=1, image_size=image_size,
-      record_bytes=input_pipeline.mean_record_bytes(builder)))
+      record_bytes=records_lib.mean_record_bytes(builder)))
   _model("float32", image_size).fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0,
                                    shuffle=False)
   print(json.dumps({"train_images": images, "peak_rss_mib": peak_rss_mib()}))
@@ -172,19 +176,22 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainers import devices  # pylint: disable=g-import-not-at-top
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers import split_plan  # pylint: disable=g-import-not-at-top
   from trainers import models  # pylint: disable=g-import-not-at-top
   precision = devices.resolve_precision("auto", "auto")
   keras.mixed_precision.set_global_policy(precision)
-  builder = input_pipeline.builder("animals10_tfds/160px", data_dir)
-  records = input_pipeline.records(builder, "train").take(steps * batch_size)
+  builder = dataset_lib.builder("animals10_tfds/160px", data_dir)
+  records = records_lib.records(builder, "train").take(steps * batch_size)
   stream = input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1, image_size=image_size,
-      record_bytes=input_pipeline.mean_record_bytes(builder))
+      record_bytes=records_lib.mean_record_bytes(builder))
   model = models.build_model(model_name, image_size, weights=None)
   models.compile_for_training(model, 1e-3)
   plain = _timed_fit(model, input_pipeline.training_batches(records, stream), steps, passes)
   extractor, head = models.split_at_pool(model)
-  plan = input_pipeline.EvalPlan(steps * batch_size, batch_size)
+  plan = split_plan.EvalPlan(steps * batch_size, batch_size)
   batches = input_pipeline.eval_batches(records, plan, image_size=image_size)
   seconds = []
   for _ in range(passes + 1):  # the first pass traces
@@ -192,12 +199,12 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
     features = extractor.predict(batches, verbose=0)
     seconds.append(time.perf_counter() - started)
   extraction = 1 / statistics.median(seconds[1:])
-  labels, _ = input_pipeline.labels_and_names(records)
+  labels, _ = records_lib.labels_and_names(records)
   feature_set = tf.data.Dataset.from_tensor_slices(
       (features.astype(np.float32)[:len(labels)], labels))
   models.compile_for_training(head, 1e-3)
-  head_rate = _timed_fit(head, input_pipeline.training_batches(feature_set, stream,
-                                                               decoded=True), steps, passes)
+  head_rate = _timed_fit(head, input_pipeline.feature_training_batches(feature_set, stream),
+                         steps, passes)
   train = builder.info.splits["train"].num_examples
   validation = builder.info.splits["validation"].num_examples
   rates = {"plain": plain * batch_size, "extraction": extraction * steps * batch_size,
@@ -214,7 +221,7 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
 
 def _define_flags():
   flags.DEFINE_string("data_dir", None, "A built TFDS data_dir.", required=True)
-  flags.DEFINE_enum("model", None, ["mnv2", "enb3", "dn121"],
+  flags.DEFINE_enum("model", None, ["mnv2", "mnv2_035", "enb3", "dn121"],
                     "Benchmark this transfer model's frozen phase instead of cnn2.")
   flags.DEFINE_list("rss_data_dirs", [], "Two data_dirs (small, large) for the memory check.")
   flags.DEFINE_integer("steps", 40, "Batches per timed epoch.")

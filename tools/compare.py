@@ -19,7 +19,6 @@ import collections
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import re
@@ -30,12 +29,13 @@ from absl import flags
 
 from trainers import config as config_lib
 from trainers import metrics as metrics_lib
+from trainers import results
+from trainers import run_paths
 
 COLUMNS = metrics_lib.STUDY_COLUMNS + ("train_seconds",)
-# Settings that may differ between the seeds of one experiment: where and how
-# fast it ran. Anything else means the runs are not one experiment.
-SAME_EXPERIMENT_EXCEPT = ("seed", "model_dir", "data_dir", "strategy", "tpu",
-                          "virtual_devices", "cluster_timeout", "cache", "cache_features")
+# What the data of a run was: seeds of one experiment must agree on both (where
+# the data lives may differ: `config.SAME_EXPERIMENT_EXCEPT`).
+DATA_IDENTITY = ("dataset_fingerprint", "test_names_sha256")
 
 # tools.compare's own output folder when tools.reproduce calls it.
 COMPARISON_DIR = "comparison"
@@ -65,23 +65,22 @@ def mcnemar_p(only_first: int, only_second: int) -> float:
   return min(1.0, 2 * tail / 2 ** discordant)
 
 
-def _predictions(run_dir):
-  with open(os.path.join(run_dir, "predictions.csv"), newline="") as file:
-    return {row["file_name"]: row["label"] == row["prediction"] for row in csv.DictReader(file)}
-
-
-def find_runs(paths) -> list[str]:
+def find_runs(paths) -> tuple[list[str], list[str]]:
   """The finished runs named or under the folders named, as TensorBoard finds logdirs.
 
   A folder with a metrics.json is a run; any other folder is searched
   recursively (sorted, skipping hidden folders and our own `comparison/` output).
+  A folder below with a config.json but no metrics.json is an unfinished run.
+
+  Returns:
+    (finished run folders, unfinished run folders found on the way).
 
   Raises:
     ValueError: a path that is neither a run nor holds one.
   """
-  runs = []
+  runs, unfinished = [], []
   for path in paths:
-    if os.path.exists(os.path.join(path, "metrics.json")):
+    if os.path.exists(run_paths.RunPaths(path).metrics):
       runs.append(path)
       continue
     if not os.path.isdir(path):
@@ -90,48 +89,52 @@ def find_runs(paths) -> list[str]:
     for root, dirs, files in os.walk(path):
       dirs[:] = sorted(name for name in dirs
                        if not name.startswith(".") and name != COMPARISON_DIR)
-      if "metrics.json" in files:
+      layout = run_paths.RunPaths(root)
+      if os.path.basename(layout.metrics) in files:
         found.append(root)
         dirs[:] = []  # a run's own subfolders (logs, backup) hold no runs
+      elif os.path.basename(layout.config) in files:
+        unfinished.append(root)
+        dirs[:] = []
     if not found:
       raise ValueError(f"{path} holds no finished run (no metrics.json below it): train one "
                        "with python -m trainers.main or tools.reproduce.")
     runs += found
-  return runs
+  return runs, unfinished
 
 
 def load(run_dirs) -> dict:
-  """{experiment: {seed: {"dir": path, "metrics": {...}}}} for finished runs."""
+  """{experiment: {seed: {"dir": path, "metrics": {...}, "run": FinishedRun}}}.
+
+  Raises:
+    ValueError: an unfinished or damaged run (`results.load`), two runs of one
+      experiment and seed, or seeds of one experiment with other settings or data.
+  """
   experiments = collections.defaultdict(dict)
   for run_dir in run_dirs:
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.exists(path):
-      raise ValueError(f"{run_dir} is not a finished run (no metrics.json).")
-    try:
-      with open(path) as file:
-        metrics = json.load(file)
-    except ValueError as error:
-      raise ValueError(f"{path} is unreadable ({error}): rerun that run's command "
-                       "(python -m trainers.main --flagfile=RUN/flags.txt) to write it "
-                       "again.") from None
+    run = results.load(run_dir)
     name, seed = experiment_of(run_dir)
     if seed in experiments[name]:
       raise ValueError(f"{experiments[name][seed]['dir']} and {run_dir} are both experiment "
                        f"{name}, {seed.replace('_', ' ')}: compare them in separate calls, or "
                        "rename one folder.")
-    experiments[name][seed] = {"dir": run_dir, "metrics": metrics}
+    experiments[name][seed] = {"dir": run_dir, "metrics": run.metrics, "run": run}
     _check_same_settings(name, experiments[name])
   return dict(experiments)
 
 
 def _check_same_settings(name: str, seeds: dict):
-  """Raises ValueError when the runs of one experiment differ in more than the seed."""
+  """Raises ValueError when the runs of one experiment differ in more than the seed:
+  in a setting, or in the data they trained and were tested on."""
   settings = {seed: {key: value for key, value in
                      dataclasses.asdict(config_lib.load(run["dir"])).items()
-                     if key not in SAME_EXPERIMENT_EXCEPT} for seed, run in seeds.items()}
+                     if key not in config_lib.SAME_EXPERIMENT_EXCEPT}
+              for seed, run in seeds.items()}
   first_seed, first = next(iter(settings.items()))
   for seed, other in settings.items():
     changed = [key for key in first if first[key] != other[key]]
+    changed += [key for key in DATA_IDENTITY if seeds[first_seed]["metrics"].get(key)
+                != seeds[seed]["metrics"].get(key)]
     if changed:
       raise ValueError(
           f"the runs of {name} differ in more than the seed ({', '.join(changed)}: "
@@ -154,18 +157,25 @@ def summarize(experiments: dict) -> list[dict]:
     rows.append(row)
   best = max(rows, key=lambda row: row["accuracy_test"])
   for row in rows:
-    only_best = only_other = 0
+    only_best = only_other = paired = 0
+    partial = False
     for seed, run in experiments[row["model"]].items():
       partner = experiments[best["model"]].get(seed)
       if partner is None or row is best:
         continue
-      ours, theirs = _predictions(run["dir"]), _predictions(partner["dir"])
-      for file_name in ours.keys() & theirs.keys():
+      ours, theirs = run["run"].correct(), partner["run"].correct()
+      shared = ours.keys() & theirs.keys()
+      # Other filters or balancing (model_01 against model_02): the test pairs
+      # the images both were tested on, and the table says how many.
+      partial |= len(shared) != max(len(ours), len(theirs))
+      paired += len(shared)
+      for file_name in shared:
         only_best += theirs[file_name] and not ours[file_name]
         only_other += ours[file_name] and not theirs[file_name]
     row["vs_best"] = best["model"]
     row["mcnemar_p"] = None if row is best else mcnemar_p(only_best, only_other)
-    row["discordant"] = f"{only_best}/{only_other}"
+    row["discordant"] = (f"{only_best}/{only_other}" +
+                         (f" on {paired} shared test images" if partial else ""))
   return rows
 
 
@@ -216,9 +226,7 @@ def charts(rows, experiments, out):
   per_class_f1_png(experiments, os.path.join(out, "per_class_f1.png"))
   figure, axes = pyplot.subplots(figsize=(7, 4))
   for name, seeds in experiments.items():
-    run = seeds[sorted(seeds)[0]]
-    with open(os.path.join(run["dir"], "history.csv"), newline="") as file:
-      history = list(csv.DictReader(file))
+    history = seeds[sorted(seeds)[0]]["run"].history
     axes.plot([int(r["epoch"]) for r in history], [float(r["val_accuracy"]) for r in history],
               label=name)
   axes.set_xlabel("epoch")
@@ -274,14 +282,23 @@ def compare(run_dirs, out=None, append_workspace=None) -> str:
   rows = summarize(experiments)
   table = markdown(rows)
   if out:
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "comparison.md"), "w") as file:
-      file.write(table)
-    write_csv(rows, os.path.join(out, "comparison.csv"))
-    charts(rows, experiments, out)
+    try:
+      os.makedirs(out, exist_ok=True)
+      with open(os.path.join(out, "comparison.md"), "w") as file:
+        file.write(table)
+      write_csv(rows, os.path.join(out, "comparison.csv"))
+      charts(rows, experiments, out)
+    except OSError as error:
+      raise ValueError(f"--out={out} cannot be written ({error.strerror or error}): choose a "
+                       "folder you can write to.") from None
   if append_workspace:
-    with open(append_workspace, "a") as file:
-      file.write("\n### Comparison of " + ", ".join(sorted(experiments)) + "\n\n" + table)
+    try:
+      with open(append_workspace, "a") as file:
+        file.write("\n### Comparison of " + ", ".join(sorted(experiments)) + "\n\n" + table)
+    except OSError as error:
+      raise ValueError(f"--append_workspace={append_workspace} cannot be written "
+                       f"({error.strerror or error}): give a file in a folder that "
+                       "exists.") from None
   return table
 
 
@@ -294,8 +311,10 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give one or more run folders, or folders that hold runs.")
   try:
-    runs = find_runs(argv[1:])
-    print(f"compare: {len(runs)} finished run(s) found")
+    runs, unfinished = find_runs(argv[1:])
+    print(f"compare: {len(runs)} finished run(s) found" + (
+        f"; skipped {len(unfinished)} unfinished: {', '.join(unfinished)}" if unfinished
+        else ""))
     print(compare(runs, _FLAGS.out, _FLAGS.append_workspace), end="")
   except ValueError as error:
     sys.exit(f"compare: {error}")

@@ -2,12 +2,20 @@ r"""Reruns the original study's experiments and prints its comparison table.
 
     python -m tools.reproduce --data_dir=work/tensorflow_datasets --out=work/runs \
         [--experiments=model_01,mnv2] [--seeds=0,1,2] [--quick] [--weights=none] \
-        [--nocache_features]
+        [--nocache_features] [-- TRAINER_FLAG ...]
 
 One run folder per experiment and seed (OUT/<experiment>/seed_<n>), each a
 `trainers.main` run from trainers/experiments/<experiment>.flags. Finished runs
-are skipped and killed ones resume, so an interrupted reproduction continues.
+are left as they are (the trainer says so, and refuses one of other settings)
+and killed ones resume, so an interrupted reproduction continues.
 `--quick` trains 2 epochs of 3 steps (and 1 fine-tuning epoch): a smoke run.
+
+Trainer flags after `--` override the flagfiles' in every run, for data the
+study's settings do not fit; e.g. on a set where some classes are all PNG:
+
+    python -m tools.reproduce ... -- --keep_formats= --keep_modes= --balance=class_weight
+
+Each run records them in its config.json (`overrides`) besides their effect.
 """
 
 import os
@@ -34,7 +42,7 @@ def available() -> list[str]:
 
 
 def command(experiment, seed, data_dir, run_dir, quick=False, weights=None,
-            cache_features=True) -> list[str]:
+            cache_features=True, overrides=()) -> list[str]:
   """The trainers.main command of one run; later flags override the flagfile's."""
   args = [sys.executable, "-m", "trainers.main",
           f"--flagfile={os.path.join(EXPERIMENTS_DIR, experiment + '.flags')}",
@@ -43,32 +51,46 @@ def command(experiment, seed, data_dir, run_dir, quick=False, weights=None,
     args.append(f"--data_dir={data_dir}")
   if quick:
     args += list(QUICK)
-  if weights:
+  if weights and _sets_weights(experiment):  # the CNNs have no pretrained weights
     args.append(f"--weights={weights}")
   if not cache_features:
     args.append("--nocache_features")
+  args += list(overrides) + [f"--override={flag}" for flag in overrides]
   return args
 
 
+def _sets_weights(experiment: str) -> bool:
+  """Whether an experiment's flagfile sets --weights (its transfer models do)."""
+  with open(os.path.join(EXPERIMENTS_DIR, experiment + ".flags")) as file:
+    return any(line.startswith("--weights=") for line in file)
+
+
 def reproduce(experiments, seeds, data_dir, out, quick=False, weights=None,
-              cache_features=True) -> list[str]:
-  """Runs what is not finished yet; returns every run folder."""
+              cache_features=True, overrides=()) -> list[str]:
+  """Runs every experiment and seed (finished runs end at once); returns the run folders.
+
+  Raises:
+    ValueError: an unknown experiment, an override that is not a --flag, or a
+      run that failed (rerunning the same command resumes it).
+  """
   unknown = sorted(set(experiments) - set(available()))
   if unknown:
     raise ValueError(f"Unknown experiment(s) {', '.join(unknown)}: choose from "
                      f"{', '.join(available())}.")
+  for flag in overrides:
+    if not flag.startswith("--"):
+      raise ValueError(f"{flag!r} after -- is not a trainer flag: write it as --name=value.")
   run_dirs = []
   for experiment in experiments:
     for seed in seeds:
       run_dir = os.path.join(out, experiment, f"seed_{seed}")
       run_dirs.append(run_dir)
-      if os.path.exists(os.path.join(run_dir, "metrics.json")):
-        print(f"{experiment} seed {seed}: already finished, skipped")
-        continue
-      print(f"{experiment} seed {seed}: training into {run_dir}", flush=True)
+      print(f"{experiment} seed {seed}: {run_dir}", flush=True)
+      # A finished run ends at once, and one of other settings is refused by
+      # the trainer itself (its settings hash is in metrics.json).
       result = subprocess.run(
-          command(experiment, seed, data_dir, run_dir, quick, weights, cache_features),
-          check=False)
+          command(experiment, seed, data_dir, run_dir, quick, weights, cache_features,
+                  overrides), check=False)
       if result.returncode:
         raise ValueError(f"{experiment} seed {seed} failed (exit {result.returncode}); "
                          "rerun the same command to resume it.")
@@ -88,12 +110,13 @@ def _define_flags():
 
 
 def main(argv):
-  del argv
+  overrides = argv[1:]  # what followed `--`
   try:
     seeds = [int(seed) for seed in _FLAGS.seeds]
     with run_lock.hold(_FLAGS.out, "tools.reproduce"):  # one reproduction per folder
       run_dirs = reproduce(_FLAGS.experiments or available(), seeds, _FLAGS.data_dir,
-                           _FLAGS.out, _FLAGS.quick, _FLAGS.weights, _FLAGS.cache_features)
+                           _FLAGS.out, _FLAGS.quick, _FLAGS.weights, _FLAGS.cache_features,
+                           overrides)
     workspace = (os.path.join(os.path.dirname(EXPERIMENTS_DIR), "..", "WORKSPACE.md")
                  if _FLAGS.append_workspace else None)
     print(compare.compare(run_dirs, os.path.join(_FLAGS.out, compare.COMPARISON_DIR), workspace), end="")

@@ -1,7 +1,7 @@
 """Callbacks whose state lives in the run folder, so a killed run resumes exactly."""
 
 import csv
-import hashlib
+import dataclasses
 import io
 import json
 import os
@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from trainers import run_folder
+from trainers import run_paths
 
 
 class HistoryCsv(keras.callbacks.Callback):
@@ -85,8 +86,11 @@ class Backup(keras.callbacks.BackupAndRestore):
   fail cleanly halfway) and stops the run with one line.
   """
 
-  def __init__(self, backup_dir: str):
+  def __init__(self, backup_dir: str, settings_sha256: Optional[str] = None):
     super().__init__(backup_dir, delete_checkpoint=False, double_checkpoint=True)
+    # The run's `config.settings_sha256`: shows whose backup this is when
+    # config.json is lost.
+    self.settings_sha256 = settings_sha256
 
   def _save_model(self):
     weights, metadata = self._weights_path, self._training_metadata_path
@@ -98,7 +102,8 @@ class Backup(keras.callbacks.BackupAndRestore):
         suffix=".weights.h5", expected_bytes=_weights_bytes(self.model, weights))
     run_folder.write_json(metadata, {"epoch": self._current_epoch,
                                      "batch": self._last_batch_seen,
-                                     "weights_sha256": sha256_of(weights)})
+                                     "weights_sha256": run_folder.sha256_of(weights),
+                                     "settings_sha256": self.settings_sha256})
 
 
 def _weights_bytes(model: keras.Model, previous: str) -> int:
@@ -110,14 +115,6 @@ def _weights_bytes(model: keras.Model, previous: str) -> int:
     variables += list(model.optimizer.variables)
   return sum(int(np.prod(variable.shape)) * np.dtype(variable.dtype).itemsize
              for variable in variables) + (64 << 10)
-
-
-def sha256_of(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as file:
-    for block in iter(lambda: file.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def restore_pairs(backup_dir: str) -> Iterator[tuple[str, str, int]]:
@@ -138,7 +135,7 @@ def restore_pairs(backup_dir: str) -> Iterator[tuple[str, str, int]]:
       epoch = int(recorded["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
       continue
-    if "weights_sha256" in recorded and recorded["weights_sha256"] != sha256_of(pair[0]):
+    if "weights_sha256" in recorded and recorded["weights_sha256"] != run_folder.sha256_of(pair[0]):
       continue
     yield pair[0], pair[1], epoch
 
@@ -181,9 +178,11 @@ class PhaseClock(keras.callbacks.Callback):
   """
 
   def __init__(self, path: str, started: float, restore_from: Optional[str] = None,
-               images_per_step: int = 0, cached_features: bool = False):
+               images_per_step: int = 0, cached_features: bool = False,
+               settings_sha256: Optional[str] = None):
     super().__init__()
     self.path, self.started = path, started
+    self.settings_sha256 = settings_sha256
     self.images_per_step, self.cached_features = images_per_step, cached_features
     self.previous = self.read(restore_from or path)
     self.images = 0
@@ -195,6 +194,7 @@ class PhaseClock(keras.callbacks.Callback):
     if os.path.exists(path):
       with open(path) as file:
         clock.update(json.load(file))
+    clock.pop("settings_sha256", None)
     return clock
 
   def on_train_batch_end(self, batch, logs=None):
@@ -211,5 +211,106 @@ class PhaseClock(keras.callbacks.Callback):
     clock = {"seconds": self.previous["seconds"] + time.time() - self.started,
              "images": self.previous["images"] + self.images, "steps": steps,
              "cached_features": self.cached_features}
-    run_folder.write_json(self.path, clock)
+    run_folder.write_json(self.path, {**clock, "settings_sha256": self.settings_sha256})
     return clock
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseCallbacks:
+  """What `fit` gets for one phase, and where it resumes."""
+
+  callbacks: list
+  steps: StepCounter
+  clock: PhaseClock
+  first_epoch: int
+
+
+def phase_callbacks(model: keras.Model, *, paths: run_paths.RunPaths, own: run_paths.RunPaths,
+                    phase: str, epoch_offset: int, is_chief: bool, strategy,
+                    cached_features: bool, settings_sha256: str, images_per_step: int,
+                    early_stopping_patience: int, started: float) -> PhaseCallbacks:
+  """The callbacks of one phase, whose state lives in the run folder, and its first epoch.
+
+  Args:
+    model: the compiled model `fit` trains (the head alone on cached features).
+    paths: the run folder (the chief's: backups are restored from it).
+    own: where this process writes (the run folder for the chief, a scratch
+      folder for another worker, which restores from the chief's backup).
+    phase: "train" or "fine_tune".
+    epoch_offset: epochs of the phases before (history.csv numbers them on).
+    is_chief: the chief writes backups, history and logs.
+    strategy: the run's distribution strategy.
+    cached_features: the head trains on cached features (its own backup folder).
+    settings_sha256: `config.settings_sha256`, recorded in backups and the clock.
+    images_per_step: the global batch.
+    early_stopping_patience: 0 for none.
+    started: when the phase began in this process.
+  """
+  backup_dir = paths.backup(phase, cached=cached_features)
+  first_epoch = restored_epoch(model, backup_dir, strategy)
+  steps = StepCounter()
+  clock = PhaseClock(own.clock(phase), started, restore_from=paths.clock(phase),
+                     images_per_step=images_per_step, cached_features=cached_features,
+                     settings_sha256=settings_sha256)
+  callbacks = [steps, clock]
+  if is_chief:
+    callbacks += [Backup(backup_dir, settings_sha256),
+                  HistoryCsv(own.history, phase, epoch_offset),
+                  keras.callbacks.TensorBoard(own.logs(phase))]
+  else:
+    callbacks.append(RestoreOnly(backup_dir))
+  if early_stopping_patience:
+    callbacks.append(ResumableEarlyStopping(
+        own.early_stopping(phase), restore_from=paths.early_stopping(phase),
+        monitor="val_loss", patience=early_stopping_patience))
+  return PhaseCallbacks(callbacks, steps, clock, first_epoch)
+
+
+def restored_epoch(model, backup_dir: str, strategy) -> int:
+  """The epoch to resume from: the one of the weights that are actually restored.
+
+  The newest backup pair whose metadata matches its weights and whose weights
+  load is put in place as latest.weights.h5 + training_metadata.json, so
+  Keras's BackupAndRestore restores that same pair at the start of `fit`, and
+  the data stream skips exactly its epochs. Weights without any metadata are
+  from an epoch that never finished saving: they are set aside and the phase
+  starts again. Metadata whose weights never load stops the run with one line.
+  """
+  weights = os.path.join(backup_dir, "latest.weights.h5")
+  metadata = os.path.join(backup_dir, "training_metadata.json")
+  pairs = list(restore_pairs(backup_dir))
+  if not pairs:
+    if any(os.path.exists(path) for path in (metadata, metadata + ".bkp")):
+      raise ValueError(f"the backup in {backup_dir} cannot be read (no weights file matches "
+                       f"its metadata): delete {backup_dir} to train this phase again from "
+                       "its start.")
+    if os.path.exists(weights):  # cut short before its metadata was written
+      os.replace(weights, weights + ".unfinished")
+      print(f"info: {weights} is from an epoch that never finished saving; set aside as "
+            f"{weights}.unfinished, the phase starts again.", flush=True)
+    return 0
+  with strategy.scope():
+    if model.optimizer is not None and not model.optimizer.built:
+      model.optimizer.build(model.trainable_variables)  # its state is in the file too
+  errors = []
+  for pair_weights, pair_metadata, epoch in pairs:
+    loadable = pair_weights
+    if pair_weights != weights:  # Keras loads only names ending in .weights.h5
+      loadable = os.path.join(backup_dir, "previous.weights.h5")
+      run_folder.atomic_copy(pair_weights, loadable)
+    try:
+      model.load_weights(loadable)
+    except Exception as error:  # pylint: disable=broad-except  (h5py, Keras: many types)
+      errors.append(type(error).__name__)
+      if loadable != weights:
+        os.remove(loadable)
+      continue
+    if loadable != weights:  # the previous pair: Keras restores it from the usual names
+      os.replace(loadable, weights)
+      run_folder.atomic_copy(pair_metadata, metadata)
+      print(f"info: {weights} cannot be used; resuming from the previous backup, after "
+            f"epoch {epoch}.", flush=True)
+    return epoch
+  raise ValueError(f"the backup {weights} cannot be loaded ({', '.join(errors)}) and neither "
+                   f"can its previous copy: delete {backup_dir} to train this phase again "
+                   "from its start.")

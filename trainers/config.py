@@ -7,19 +7,24 @@ the tests (flags.txt stays, for rerunning the command line).
 """
 
 import dataclasses
+import glob
+import hashlib
 import json
+import math
 import os
 import typing
 from typing import Optional
 
 from trainers import run_folder
-
-CONFIG_FILE = "config.json"
+from trainers import run_paths
 
 RESIZE_MODES = ("crop", "stretch")
 BALANCE_MODES = ("none", "undersample", "class_weight")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+# Largest --image_size: past it one batch of activations of any registry model
+# needs tens of GB (the ImageNet backbones were trained at 224-600 px).
+MAX_IMAGE_SIZE = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,9 @@ class Config:
   steps_per_epoch: int = 0  # 0: one full pass of the training split
   virtual_devices: int = 0  # split the CPU into N logical devices (tests)
   cluster_timeout: float = 300  # seconds for every multi-worker task to join
+  allow_empty_classes: bool = False  # train although a class has no train image
+  # Recorded only: the flags tools.reproduce put after an experiment's flagfile.
+  overrides: tuple[str, ...] = ()
 
   def __post_init__(self):
     _check(self)
@@ -74,8 +82,17 @@ def _check(config: Config):
   for name in positive:
     if getattr(config, name) < 1:
       raise ValueError(f"--{name} must be at least 1, got {getattr(config, name)}.")
-  if config.learning_rate <= 0 or config.fine_tune_learning_rate <= 0:
-    raise ValueError("Learning rates must be positive.")
+  if config.image_size > MAX_IMAGE_SIZE:
+    raise ValueError(f"--image_size={config.image_size} is above {MAX_IMAGE_SIZE}: one batch "
+                     "would need tens of GB; use at most "
+                     f"{MAX_IMAGE_SIZE} (the study used 100, ImageNet backbones 224).")
+  if config.steps_per_epoch < 0:
+    raise ValueError(f"--steps_per_epoch must be 0 (one pass) or positive, got "
+                     f"{config.steps_per_epoch}.")
+  for name in ("learning_rate", "fine_tune_learning_rate"):
+    value = getattr(config, name)
+    if not (math.isfinite(value) and value > 0):  # NaN fails every comparison
+      raise ValueError(f"--{name} must be a positive number, got {value}.")
   if config.fine_tune and (config.fine_tune_epochs < 1 or config.fine_tune_layers < 1):
     raise ValueError("--fine_tune needs --fine_tune_epochs and --fine_tune_layers >= 1.")
   if any(units < 1 for units in config.head_units):
@@ -90,26 +107,122 @@ def _check(config: Config):
 # many epochs. Any other change would pair backups with a different run.
 RESUMABLE_CHANGES = ("model_dir", "data_dir", "strategy", "tpu", "virtual_devices",
                      "cluster_timeout", "cache", "cache_features", "deterministic", "epochs",
-                     "fine_tune_epochs", "early_stopping_patience")
+                     "fine_tune_epochs", "early_stopping_patience", "allow_empty_classes",
+                     "overrides")
+# Settings that may differ between the seeds of one experiment (tools.compare):
+# where and how fast it ran. Anything else means the runs are not one experiment.
+SAME_EXPERIMENT_EXCEPT = ("seed", "model_dir", "data_dir", "strategy", "tpu",
+                          "virtual_devices", "cluster_timeout", "cache", "cache_features",
+                          "allow_empty_classes", "overrides")
+# The key under which backups, cached features, clocks and metrics.json record
+# the `settings_sha256` of the run that made them.
+SETTINGS_KEY = "settings_sha256"
+
+
+def settings_sha256(config: Config) -> str:
+  """A hash of the settings a run may not resume with changed (not RESUMABLE_CHANGES).
+
+  Written into every backup, feature file and metrics.json, so a run folder
+  whose config.json is lost or damaged can still be shown to match a command.
+  """
+  values = {name: value for name, value in dataclasses.asdict(config).items()
+            if name not in RESUMABLE_CHANGES}
+  return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def recorded_settings(model_dir: str) -> list[tuple[str, Optional[str]]]:
+  """(file, settings_sha256) of the backups and cached features a run folder holds.
+
+  Every metadata file (backup pair metadata, phase clocks, feature metadata)
+  counts: one written by an older version has no hash (None).
+  """
+  paths = run_paths.RunPaths(model_dir)
+  found = []
+  for pattern in ("*/training_metadata.json*", "*.clock.json"):
+    found += glob.glob(os.path.join(paths.backup_root, pattern))
+  found += glob.glob(os.path.join(paths.features_root, "*", "*.meta.json"))
+  recorded = []
+  for path in sorted(found):
+    if os.path.basename(path).startswith(".tmp-"):
+      continue
+    try:
+      with open(path) as file:
+        recorded.append((path, json.load(file).get(SETTINGS_KEY)))
+    except (OSError, ValueError, AttributeError):
+      recorded.append((path, None))
+  return recorded
 
 
 def check_resumable(config: Config):
-  """Raises ValueError when RUN/config.json holds a run of other settings."""
-  if not os.path.exists(os.path.join(config.model_dir, CONFIG_FILE)):
+  """Raises ValueError unless the run folder's work so far is this config's.
+
+  With a readable config.json, the settings are compared; a folder with no
+  finished epoch (a run that failed at its start) has nothing to protect, and
+  takes the new settings. Without a readable config.json, the settings hash
+  recorded in every backup and feature file must be this config's.
+  """
+  paths = run_paths.RunPaths(config.model_dir)
+  recorded = recorded_settings(config.model_dir)
+  resume = f"--flagfile={paths.flags}"
+  before = None
+  if os.path.exists(paths.config):
+    try:
+      before = load(config.model_dir)
+    except ValueError:
+      before = None  # judged by the hashes below, then written again
+  if before is not None:
+    changed = [f"--{name}={getattr(before, name)!r} before, {getattr(config, name)!r} now"
+               for name in dataclasses.asdict(config) if name not in RESUMABLE_CHANGES
+               and getattr(config, name) != getattr(before, name)]
+    if changed and recorded:
+      raise ValueError(f"{config.model_dir} holds a run with other settings "
+                       f"({'; '.join(changed)}): use a new --model_dir, or resume it with "
+                       f"{resume}.")
+    if changed:
+      print(f"info: {config.model_dir} holds no finished epoch of its earlier settings; "
+            "this command's settings replace them.", flush=True)
     return
-  before = dataclasses.asdict(load(config.model_dir))
-  now = dataclasses.asdict(config)
-  changed = [f"--{name}={before[name]!r} before, {now[name]!r} now" for name in now
-             if name not in RESUMABLE_CHANGES and now[name] != before[name]]
-  if changed:
-    raise ValueError(f"{config.model_dir} holds a run with other settings ({'; '.join(changed)}): "
-                     "use a new --model_dir, or resume it with "
-                     f"--flagfile={os.path.join(config.model_dir, 'flags.txt')}.")
+  mine = settings_sha256(config)
+  other = [path for path, recorded_hash in recorded if recorded_hash != mine]
+  if other:
+    raise ValueError(f"{config.model_dir} has no readable config.json and {other[0]} was made "
+                     "with other settings (or by an older version): resume it with the "
+                     f"command that trained it ({resume}), or use a new --model_dir.")
+  if recorded:
+    print(f"info: {paths.config} was missing or unreadable; the run's backups match this "
+          "command's settings, so it is written again.", flush=True)
+
+
+def check_finished(config: Config, metrics: dict):
+  """For a finished run: refuses a command of other settings, and writes a lost or
+  damaged config.json again when metrics.json shows the run had this config's
+  settings."""
+  paths = run_paths.RunPaths(config.model_dir)
+  recorded, mine = metrics.get(SETTINGS_KEY), settings_sha256(config)
+  try:
+    before = load(config.model_dir)
+  except ValueError:
+    before = None
+  if before is not None:
+    if recorded is not None and recorded != mine:
+      changed = "; ".join(f"--{name}={getattr(before, name)!r} before, {value!r} now"
+                          for name, value in dataclasses.asdict(config).items()
+                          if name not in RESUMABLE_CHANGES and getattr(before, name) != value)
+      raise ValueError(f"{config.model_dir} holds a finished run with other settings "
+                       f"({changed}): use a new --model_dir to train with these.")
+    return
+  if recorded != mine:
+    raise ValueError(f"{paths.config} is missing or unreadable, and this command's settings "
+                     f"are not those of the finished run in {config.model_dir}: run the "
+                     f"command that trained it (--flagfile={paths.flags}) to write it again.")
+  save(config)
+  print(f"info: {paths.config} was missing or unreadable; written again from this "
+        "command, whose settings match the finished run's.", flush=True)
 
 
 def save(config: Config):
   """Writes RUN/config.json (atomically)."""
-  run_folder.write_json(os.path.join(config.model_dir, CONFIG_FILE), dataclasses.asdict(config))
+  run_folder.write_json(run_paths.RunPaths(config.model_dir).config, dataclasses.asdict(config))
 
 
 def load(model_dir: str) -> Config:
@@ -118,17 +231,21 @@ def load(model_dir: str) -> Config:
   Raises:
     ValueError: no (readable) config.json, or one this version cannot read.
   """
-  path = os.path.join(model_dir, CONFIG_FILE)
+  path = run_paths.RunPaths(model_dir).config
   try:
     with open(path) as file:
       values = json.load(file)
   except FileNotFoundError:
-    raise ValueError(f"{model_dir} is not a run folder (no {CONFIG_FILE}): train one with "
+    raise ValueError(f"{model_dir} is not a run folder (no config.json): train one with "
                      "python -m trainers.main first.") from None
   except (OSError, ValueError) as error:
     raise ValueError(f"{path} is unreadable ({error}): rerun the run's command (python -m "
-                     f"trainers.main --flagfile={os.path.join(model_dir, 'flags.txt')}) to "
+                     f"trainers.main --flagfile={run_paths.RunPaths(model_dir).flags}) to "
                      "write it again.") from None
+  if not isinstance(values, dict) or not isinstance(values.get("model"), str):
+    raise ValueError(f"{path} is unreadable (not a run's settings): rerun the run's command "
+                     f"(python -m trainers.main --flagfile={run_paths.RunPaths(model_dir).flags}) "
+                     "to write it again.")
   fields = {field.name: field for field in dataclasses.fields(Config)}
   unknown = sorted(set(values) - set(fields))
   if unknown:
@@ -145,8 +262,8 @@ def load(model_dir: str) -> Config:
 def load_finished(model_dir: str) -> Config:
   """`load`, for a run that has its model.keras (predict, export)."""
   config = load(model_dir)
-  if not os.path.exists(os.path.join(model_dir, "model.keras")):
+  if not os.path.exists(run_paths.RunPaths(model_dir).model):
     raise ValueError(f"{model_dir} is not a finished run (no model.keras): train it to the "
                      f"end with python -m trainers.main --flagfile="
-                     f"{os.path.join(model_dir, 'flags.txt')}.")
+                     f"{run_paths.RunPaths(model_dir).flags}.")
   return config

@@ -12,6 +12,7 @@ The run folder gets `flags.txt`, which reruns (or resumes) it with `--flagfile`.
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -21,12 +22,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
-from absl import logging  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 from trainers import config as config_lib
 from trainers import devices
+from trainers import entry_point
 from trainers import models
 from trainers import run_folder
+from trainers import run_paths
 from trainers import train
 
 _MODEL = flags.DEFINE_enum("model", None, list(models.REGISTRY), "Model to train.")
@@ -77,6 +80,12 @@ _VIRTUAL_DEVICES = flags.DEFINE_integer("virtual_devices", 0,
                                         "Split the CPU into N devices (testing mirrored).")
 _CLUSTER_TIMEOUT = flags.DEFINE_float("cluster_timeout", 300,
                                       "multi_worker: seconds to wait for every TF_CONFIG task.")
+_OVERRIDES = flags.DEFINE_multi_string(
+    "override", [], "Recorded in config.json only: a flag tools.reproduce put after an "
+    "experiment's flagfile (it sets nothing itself).")
+_ALLOW_EMPTY_CLASSES = flags.DEFINE_bool(
+    "allow_empty_classes", False, "Train although a class has no image in the train split "
+    "(refused otherwise: a 10-way model that never saw a class is rarely meant).")
 
 flags.mark_flags_as_required(["model"])
 
@@ -101,7 +110,8 @@ def _config() -> config_lib.Config:
       tpu=_TPU.value, seed=_SEED.value, deterministic=_DETERMINISTIC.value,
       cache=_CACHE.value, cache_features=_CACHE_FEATURES.value,
       steps_per_epoch=_STEPS_PER_EPOCH.value,
-      virtual_devices=_VIRTUAL_DEVICES.value, cluster_timeout=_CLUSTER_TIMEOUT.value)
+      virtual_devices=_VIRTUAL_DEVICES.value, cluster_timeout=_CLUSTER_TIMEOUT.value,
+      allow_empty_classes=_ALLOW_EMPTY_CLASSES.value, overrides=tuple(_OVERRIDES.value))
 
 
 def _flagfile() -> str:
@@ -123,28 +133,45 @@ def _new_run_folder(model: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-  if not flags.FLAGS["verbosity"].present:
-    # TensorFlow's and TFDS's INFO lines ("Load dataset info from ...", "Reduce to
-    # /job:localhost ...") are for their developers; --verbosity=0 shows them.
-    logging.set_verbosity(logging.WARNING)
+  entry_point.no_arguments(argv)
+  entry_point.quiet_logs()
   if _MODEL_DIR.value is None:
     if _STRATEGY.value == "multi_worker":
       sys.exit("error: --strategy=multi_worker needs --model_dir: one folder that every worker "
                "shares (NFS, GCS).")
     flags.FLAGS.model_dir = _new_run_folder(_MODEL.value)  # so flags.txt names it
-  print(f"run folder: {_MODEL_DIR.value} (resume or rerun: python -m trainers.main "
-        f"--flagfile={os.path.join(_MODEL_DIR.value, 'flags.txt')})", flush=True)
+  resume = (f"python -m trainers.main "
+            f"--flagfile={run_paths.RunPaths(_MODEL_DIR.value).flags}")
+  print(f"run folder: {_MODEL_DIR.value} (resume or rerun: {resume})", flush=True)
+  _say_when_stopped_by_a_signal(resume)
   try:
     config = _config()
     train.train_and_evaluate(config, flagfile=_flagfile())  # only the chief writes it
   except (ValueError, devices.PeerLostError) as error:  # one line, no traceback
     sys.exit(f"error: {error}")
+  except (MemoryError, tf.errors.ResourceExhaustedError):
+    sys.exit(f"error: out of memory with --image_size={_IMAGE_SIZE.value} and "
+             f"--batch_size={_BATCH_SIZE.value}: lower them (or --cache), then run the same "
+             "command again; it resumes from the last finished epoch.")
   except Exception as error:  # pylint: disable=broad-except
     if run_folder.is_disk_full(error):  # a write of TensorFlow's or a library's own
       sys.exit(f"error: {run_folder.NoSpaceLeft(_MODEL_DIR.value)}")
     raise
+
+
+def _say_when_stopped_by_a_signal(resume: str):
+  """SIGTERM (a scheduler, `kill`) prints one line, then ends the process exactly as
+  the default action would (exit status 143, nothing else run): the backup of
+  the last finished epoch is what the resume starts from."""
+
+  def stop(signal_number, frame):
+    del frame
+    print(f"stopped by {signal.Signals(signal_number).name}: resume with {resume}",
+          file=sys.stderr, flush=True)
+    signal.signal(signal_number, signal.SIG_DFL)
+    os.kill(os.getpid(), signal_number)
+
+  signal.signal(signal.SIGTERM, stop)
 
 
 if __name__ == "__main__":

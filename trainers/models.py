@@ -7,6 +7,7 @@ stands in the way of safe-mode loading.
 """
 
 import dataclasses
+import functools
 from typing import Callable, Optional, Sequence
 
 import keras
@@ -30,6 +31,9 @@ class ModelSpec:
   min_size: int
   preprocessing: Callable[[], list]  # layers mapping [0, 255] RGB to model input
   conv_filters: tuple[int, ...] = ()  # for the study's CNNs
+  # The name Keras gives the ImageNet weights file (no top) at an input size, in
+  # $KERAS_HOME/models (see `trainers.weights`); None for the CNNs.
+  imagenet_file: Optional[Callable[[int], str]] = None
 
 
 def _rescale_unit():
@@ -47,13 +51,29 @@ def _imagenet_normalize():  # densenet.preprocess_input ("torch" mode)
                                      name="imagenet_normalize")]
 
 
+def _mobilenet_v2_file(alpha: float) -> Callable[[int], str]:
+  """Keras's file name: the width, and the input size when it is one it has weights for."""
+
+  def name(image_size: int) -> str:
+    rows = image_size if image_size in (96, 128, 160, 192, 224) else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}_no_top.h5"
+  return name
+
+
 REGISTRY = {
     "cnn2": ModelSpec(None, 16, _rescale_unit, conv_filters=(32, 64)),
     "cnn4": ModelSpec(None, 48, _rescale_unit, conv_filters=(32, 64, 128, 256)),
-    "mnv2": ModelSpec(keras.applications.MobileNetV2, 32, _rescale_symmetric),
+    "mnv2": ModelSpec(keras.applications.MobileNetV2, 32, _rescale_symmetric,
+                      imagenet_file=_mobilenet_v2_file(1.0)),
+    # MobileNetV2 at width 0.35 (410k backbone parameters): the one whose ImageNet
+    # weights this project's own tests can have (see README, "The study on real photos").
+    "mnv2_035": ModelSpec(functools.partial(keras.applications.MobileNetV2, alpha=0.35), 32,
+                          _rescale_symmetric, imagenet_file=_mobilenet_v2_file(0.35)),
     # EfficientNetV2 rescales inside the application (include_preprocessing).
-    "enb3": ModelSpec(keras.applications.EfficientNetV2B3, 32, lambda: []),
-    "dn121": ModelSpec(keras.applications.DenseNet121, 32, _imagenet_normalize),
+    "enb3": ModelSpec(keras.applications.EfficientNetV2B3, 32, lambda: [],
+                      imagenet_file=lambda _: "efficientnetv2-b3_notop.h5"),
+    "dn121": ModelSpec(keras.applications.DenseNet121, 32, _imagenet_normalize,
+                       imagenet_file=lambda _: "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 
 
@@ -163,7 +183,7 @@ class MaskedAccuracy(keras.metrics.SparseCategoricalAccuracy):
   """Accuracy over the examples whose sample weight is positive, each once.
 
   Evaluation pads its last batch with weight-0 examples (see
-  `input_pipeline.EvalPlan`); class weights must not weight the accuracy.
+  `split_plan.EvalPlan`); class weights must not weight the accuracy.
   """
 
   def update_state(self, y_true, y_pred, sample_weight=None):

@@ -2,9 +2,9 @@ r"""Classifies image files and folders with a trained run.
 
     python -m trainers.predict --model_dir=work/runs/cnn2 photo.jpg folder/ [--json]
 
-Any format Pillow reads goes through the dataset's own conversion (RGB JPEG) and
-the trainer's decode path at the run's image size and resize mode, batched with
-tf.data. A file that cannot be read gets one line and the rest go on; the exit
+Any format Pillow reads goes through the dataset's own conversion (RGB JPEG,
+downscaled as the run's dataset config stored its images) and the trainer's
+decode path at the run's image size and resize mode, batched with tf.data. A file that cannot be read gets one line and the rest go on; the exit
 status is non-zero if any failed.
 """
 
@@ -17,7 +17,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
-from absl import logging  # pylint: disable=g-import-not-at-top
+import keras  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from animals10_tfds import animals10_tfds_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
+from animals10_tfds import image as image_lib  # pylint: disable=g-import-not-at-top
+from animals10_tfds import source  # pylint: disable=g-import-not-at-top
+from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+from trainers import entry_point  # pylint: disable=g-import-not-at-top
+from trainers import explain  # pylint: disable=g-import-not-at-top
+from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
+from trainers import run_paths  # pylint: disable=g-import-not-at-top
 
 _FLAGS = flags.FLAGS
 
@@ -50,15 +60,21 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
 
   Returns:
     (results, errors): `[{path, predictions: [{label, probability}]}]` and
-    `[{path, error}]`.
+    `[{path, error}]`; a failure to write an explanation is one more error
+    (the predictions stand).
+
+  Raises:
+    ValueError: bad arguments, or an `explain_dir` that cannot be written
+      (checked before anything is predicted).
   """
-  import keras  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from animals10_tfds import image as image_lib  # pylint: disable=g-import-not-at-top
-  from animals10_tfds import source  # pylint: disable=g-import-not-at-top
-  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  if not 1 <= top_k <= len(source.LABELS):
+    raise ValueError(f"--top_k must be between 1 and {len(source.LABELS)}, got {top_k}.")
+  if batch_size < 1:
+    raise ValueError(f"--batch_size must be at least 1, got {batch_size}.")
   config = config_lib.load_finished(model_dir)
+  short_side = dataset_short_side(config.dataset)
+  if explain_dir:
+    _check_writable(explain_dir)
   image_size, resize = config.image_size, config.resize
   encoded, good, errors = [], [], []
   for path in expand(paths):
@@ -68,7 +84,7 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
     except OSError as error:
       errors.append({"path": path, "error": f"unreadable: {error.strerror or error}"})
       continue
-    jpeg, reason = image_lib.rgb_jpeg_or_reason(data)
+    jpeg, reason = image_lib.rgb_jpeg_or_reason(data, short_side)
     if reason:
       errors.append({"path": path, "error": reason})
     else:
@@ -76,7 +92,7 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
       good.append(path)
   results = []
   if good:
-    model = keras.saving.load_model(os.path.join(model_dir, "model.keras"), safe_mode=True)
+    model = keras.saving.load_model(run_paths.RunPaths(model_dir).model, safe_mode=True)
     dataset = tf.data.Dataset.from_tensor_slices(encoded).map(
         lambda data: tf.cast(input_pipeline.decode_and_resize(data, image_size, resize),
                              tf.float32),
@@ -87,13 +103,54 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
       results.append({"path": path, "predictions": [
           {"label": source.LABELS[index], "probability": float(row[index])} for index in best]})
     if explain_dir:
-      _explain(model, dataset, good, probabilities, explain_dir)
+      try:
+        _explain(model, dataset, good, probabilities, explain_dir)
+      except OSError as error:
+        errors.append({"path": explain_dir, "error": "explanations not written: "
+                       f"{error.strerror or error}"})
   return results, errors
 
 
+def dataset_short_side(dataset: str):
+  """The shorter side the run's dataset config stored its images at (None: original).
+
+  A file is converted exactly as the builder stored the records the run trained
+  and was tested on (160px: downscaled to 160 first), so predict gives the
+  run's own predictions on its own test photos.
+  """
+  name = dataset.split("/")[1] if "/" in dataset else builder_lib.Builder.DEFAULT_CONFIG_NAME
+  configs = {config.name: config for config in builder_lib.Builder.BUILDER_CONFIGS}
+  return configs[name].short_side if name in configs else None
+
+
+def _check_writable(folder: str):
+  """Raises ValueError unless pictures can be written into `folder` (made if needed)."""
+  try:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".animals10-write-check"), "wb"):
+      pass
+    os.remove(os.path.join(folder, ".animals10-write-check"))
+  except OSError as error:
+    raise ValueError(f"--explain={folder} cannot be written ({error.strerror or error}): give "
+                     "a folder you can write to; nothing was predicted.") from None
+
+
+def escaped(path: str) -> str:
+  """The path with control characters escaped, so a file name holding a newline or
+  a tab stays on its own line of output."""
+  if path.isprintable():
+    return path
+  return "".join(character if character.isprintable() else
+                 character.encode("unicode_escape").decode("ascii") for character in path)
+
+
+def table_row(path: str, predictions) -> str:
+  """One line of the table: the escaped path, a tab, and its labels."""
+  return escaped(path) + "\t" + "  ".join(f"{p['label']} {p['probability']:.3f}"
+                                           for p in predictions)
+
+
 def _explain(model, dataset, paths, probabilities, out_dir):
-  from animals10_tfds import source  # pylint: disable=g-import-not-at-top
-  from trainers import explain  # pylint: disable=g-import-not-at-top
   explain.feature_map(model)  # one clear line for a model it cannot explain
   written = []
   for images in dataset:
@@ -114,23 +171,19 @@ def _short(name: str, length: int = 30) -> str:
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give one or more image files or folders.")
-  if not flags.FLAGS["verbosity"].present:
-    # TensorFlow's and TFDS's INFO lines ("Load dataset info from ...", "Reduce to
-    # /job:localhost ...") are for their developers; --verbosity=0 shows them.
-    logging.set_verbosity(logging.WARNING)
+  entry_point.quiet_logs()
   try:
     results, errors = predict(_FLAGS.model_dir, argv[1:], _FLAGS.top_k, _FLAGS.batch_size,
                               _FLAGS.explain)
   except ValueError as error:
     sys.exit(f"error: {error}")
   for item in errors:
-    print(f"error: {item['path']}: {item['error']}", file=sys.stderr)
+    print(f"error: {escaped(item['path'])}: {item['error']}", file=sys.stderr)
   if _FLAGS.json:
     print(json.dumps({"predictions": results, "errors": errors}, indent=2))
   else:
     for item in results:
-      print(item["path"] + "\t" + "  ".join(
-          f"{p['label']} {p['probability']:.3f}" for p in item["predictions"]))
+      print(table_row(item["path"], item["predictions"]))
   if errors:
     sys.exit(1)
 

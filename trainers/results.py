@@ -8,6 +8,8 @@ last: it marks the run as finished.
 """
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -19,8 +21,7 @@ from trainers import callbacks as callbacks_lib
 from trainers import figures
 from trainers import metrics as metrics_lib
 from trainers import run_folder
-
-METRICS_FILE = "metrics.json"
+from trainers import run_paths
 
 
 def finished(model_dir: str) -> Optional[dict]:
@@ -30,7 +31,7 @@ def finished(model_dir: str) -> Optional[dict]:
   afterwards: the run is then treated as unfinished and its results written
   again from the backups (no epoch is trained twice).
   """
-  path = os.path.join(model_dir, METRICS_FILE)
+  path = run_paths.RunPaths(model_dir).metrics
   if not os.path.exists(path):
     return None
   try:
@@ -53,7 +54,7 @@ def summary_row(result: dict) -> str:
 
 def save_model(model_dir: str, model) -> str:
   """Writes model.keras (atomically); returns its path."""
-  path = os.path.join(model_dir, "model.keras")
+  path = run_paths.RunPaths(model_dir).model
   run_folder.replace_with(path, model.save, suffix=".keras",
                           expected_bytes=3 * sum(weight.nbytes for weight in model.get_weights()))
   return path
@@ -71,7 +72,7 @@ def metrics(model_dir: str, labels: np.ndarray, probabilities: np.ndarray,
     clocks: {phase: {"seconds", "images", "cached_features"}}.
   """
   result = {key: None for key in metrics_lib.STUDY_COLUMNS}
-  history = callbacks_lib.read_history(os.path.join(model_dir, "history.csv"))
+  history = callbacks_lib.read_history(run_paths.RunPaths(model_dir).history)
   if history:
     last = history[-1]
     for column, key in (("accuracy_train", "accuracy"), ("loss_train", "loss"),
@@ -104,15 +105,94 @@ def write(model_dir: str, result: dict, names: Sequence[str], labels: np.ndarray
           probabilities: np.ndarray, class_names: Sequence[str], error_images: Sequence,
           captions: Sequence[str]):
   """Writes predictions.csv, the three pictures, and metrics.json last."""
+  paths = run_paths.RunPaths(model_dir)
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
   writer.writerow(("file_name", "label", "prediction"))
   writer.writerows((name, class_names[label], class_names[prediction]) for name, label,
                    prediction in zip(names, labels, probabilities.argmax(axis=1)))
-  run_folder.atomic_write(os.path.join(model_dir, "predictions.csv"),
-                          buffer.getvalue().encode())
-  figures.confusion_png(os.path.join(model_dir, "confusion.png"), result["confusion_matrix"],
-                        class_names)
-  figures.per_class_png(os.path.join(model_dir, "per_class.png"), result["per_class"])
-  figures.errors_png(os.path.join(model_dir, "errors.png"), error_images, captions)
-  run_folder.write_json(os.path.join(model_dir, METRICS_FILE), result)  # last: marks done
+  run_folder.atomic_write(paths.predictions, buffer.getvalue().encode())
+  figures.confusion_png(paths.figure("confusion.png"), result["confusion_matrix"], class_names)
+  figures.per_class_png(paths.figure("per_class.png"), result["per_class"])
+  figures.errors_png(paths.figure("errors.png"), error_images, captions)
+  run_folder.write_json(paths.metrics, result)  # last: marks done
+
+
+def names_sha256(names: Sequence[str]) -> str:
+  """A hash of a set of file names (order does not matter)."""
+  return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
+
+
+def identity(settings_sha256: str, dataset_builder, test_names: Sequence[str]) -> dict:
+  """What a finished run was: its settings' hash, its data set's and its test images'.
+
+  `dataset_fingerprint` hashes the built dataset's name, version and the
+  record count and byte size of every split: two builds of different images
+  differ there even when the folder they live in is the same.
+  """
+  splits = {name: [int(split.num_examples), int(split.num_bytes)]
+            for name, split in sorted(dataset_builder.info.splits.items())}
+  dataset = json.dumps({"dataset": dataset_builder.info.full_name, "splits": splits},
+                       sort_keys=True)
+  return {"settings_sha256": settings_sha256,
+          "dataset_fingerprint": hashlib.sha256(dataset.encode()).hexdigest(),
+          "test_names_sha256": names_sha256(test_names)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishedRun:
+  """A finished run as `load` reads it back."""
+
+  model_dir: str
+  metrics: dict
+  history: list  # rows of history.csv, as dicts of strings
+  predictions: list  # rows of predictions.csv: {file_name, label, prediction}
+
+  def correct(self) -> dict:
+    """{file_name: prediction == label} of every test image."""
+    return {row["file_name"]: row["label"] == row["prediction"] for row in self.predictions}
+
+
+def load(model_dir: str) -> FinishedRun:
+  """Reads a finished run's metrics.json, history.csv and predictions.csv, checked.
+
+  Raises:
+    ValueError: one line naming the file that is missing, unreadable, or (for
+      predictions.csv) does not cover exactly the test split the run evaluated.
+  """
+  paths = run_paths.RunPaths(model_dir)
+  rerun = (f"rerun the run's command (python -m trainers.main --flagfile={paths.flags}), "
+           "which writes the results again from its backups, or leave the run out")
+  evaluate_again = (f"delete {paths.metrics} and rerun the run's command (python -m "
+                    f"trainers.main --flagfile={paths.flags}): it evaluates again from its "
+                    "backups without training; or leave the run out")
+  if not os.path.exists(paths.metrics):
+    raise ValueError(f"{model_dir} is not a finished run (no metrics.json).")
+  try:
+    with open(paths.metrics) as file:
+      metrics = json.load(file)
+  except (OSError, ValueError) as error:
+    raise ValueError(f"{paths.metrics} is unreadable ({error}): {rerun}.") from None
+  if not isinstance(metrics, dict) or not isinstance(metrics.get("accuracy_test"), (int, float)):
+    raise ValueError(f"{paths.metrics} holds no test accuracy (not a finished run's "
+                     f"metrics): {rerun}.")
+  tables = {}
+  for path in (paths.history, paths.predictions):
+    try:
+      with open(path, newline="") as file:
+        tables[path] = list(csv.DictReader(file))
+    except (OSError, ValueError, csv.Error) as error:
+      raise ValueError(f"{path} of a finished run is missing or unreadable "
+                       f"({getattr(error, 'strerror', None) or error}): {evaluate_again}.") from None
+  predictions = tables[paths.predictions]
+  expected = metrics.get("test_images")
+  names = [row.get("file_name") for row in predictions]
+  if (expected is not None and len(predictions) != expected) or any(
+      row.get("label") is None or row.get("prediction") is None for row in predictions):
+    raise ValueError(f"{paths.predictions} has {len(predictions)} whole rows, but the run "
+                     f"evaluated {expected} test images: it was cut or edited; {evaluate_again}.")
+  recorded = metrics.get("test_names_sha256")
+  if recorded is not None and names_sha256(names) != recorded:
+    raise ValueError(f"{paths.predictions} does not name the test images the run evaluated "
+                     f"(their recorded hash differs): it was edited; {evaluate_again}.")
+  return FinishedRun(model_dir, metrics, tables[paths.history], predictions)

@@ -12,6 +12,7 @@ folder resumes once space is freed.
 """
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -113,3 +114,12 @@ def atomic_copy(source: str, path: str):
   replace_with(path, lambda temporary: shutil.copyfile(source, temporary),
                suffix=os.path.splitext(path)[1],
                expected_bytes=os.path.getsize(source))
+
+
+def sha256_of(path: str) -> str:
+  """The SHA-256 of a file's bytes, read in blocks."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as file:
+    for block in iter(lambda: file.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()

@@ -1,5 +1,5 @@
-"""The TFDS test of the builder, over dummy_data/ (which has a truncated JPEG,
-a CMYK JPEG and a .DS_Store among 31 files)."""
+"""The TFDS test of the builder, over dummy_data/: 33 files, of which 31 good
+images (a CMYK JPEG among them), a truncated JPEG and a .DS_Store."""
 
 import tensorflow_datasets as tfds
 
@@ -9,7 +9,7 @@ from animals10_tfds import animals10_tfds_dataset_builder
 class Animals10FullTest(tfds.testing.DatasetBuilderTestCase):
   DATASET_CLASS = animals10_tfds_dataset_builder.Builder
   BUILDER_CONFIG_NAMES_TO_TEST = ["full", "160px"]
-  # 30 good images (the truncated one is skipped), split by group hash.
+  # The 31 good images (the truncated one is skipped), split by group hash.
   SPLITS = {"train": 23, "validation": 2, "test": 6}
   SKIP_CHECKSUMS = True
 

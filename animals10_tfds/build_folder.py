@@ -24,7 +24,7 @@ def lock(folder, config):
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      raise RuntimeError(f"Wait for the other build of animals10_tfds/{config} into "
+      raise ValueError(f"Wait for the other build of animals10_tfds/{config} into "
                          f"{folder} to finish (or stop it), then build again.") from None
     yield
   finally:

@@ -166,6 +166,8 @@ def reason(error: Exception) -> str:
   if isinstance(error, (Image.DecompressionBombError,
                         Image.DecompressionBombWarning)):
     return f"decompression bomb refused: {text}"
+  # Pillow has no type for a cut-short file: an OSError whose text says
+  # "image file is truncated" (PIL.ImageFile, since Pillow 2.x) is the only sign.
   if "truncated" in text.lower():
     return "truncated image"
   return f"{type(error).__name__}: {text}" if text else type(error).__name__

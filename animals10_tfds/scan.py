@@ -180,7 +180,9 @@ def _executor(workers: int, source: source_lib.Source):
   parent that dies takes its workers with it (`_exit_with`).
   """
   package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  if package_parent not in sys.path:  # spawned children copy sys.path
+  # Here, when a pool is made, not at import: the spawned children copy sys.path
+  # as it is at that moment.
+  if package_parent not in sys.path:
     sys.path.append(package_parent)
   return futures.ProcessPoolExecutor(
       workers, mp_context=multiprocessing.get_context("spawn"),

@@ -24,6 +24,7 @@ def _build(manual, data, env, **popen):
                           cwd=REPO, env=env, **popen)
 
 
+@pytest.mark.slow  # two builds, one killed: about 30 s
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 def test_build_killed_during_the_scan_leaves_nothing_after_a_rebuild(tmp_path):
   from tools import make_sample  # pylint: disable=g-import-not-at-top
@@ -67,7 +68,7 @@ def test_too_few_images_for_every_split_say_what_to_do(tmp_path):
 
 def test_a_second_build_of_the_same_config_refuses_in_one_line(tmp_path):
   with build_folder.lock(tmp_path, "160px"):
-    with pytest.raises(RuntimeError, match=r"^Wait for the other build of "
+    with pytest.raises(ValueError, match=r"^Wait for the other build of "
                                            r"animals10_tfds/160px into .* to finish"):
       with build_folder.lock(tmp_path, "160px"):
         pass

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -35,6 +36,7 @@ def test_records_decode_and_carry_metadata(data_dir):
   assert len(names) == 50
 
 
+@pytest.mark.slow  # 20-40 s of training or fresh processes (CI runs it)
 def test_load_in_a_fresh_process_and_without_our_code(data_dir):
   script = (
       "import sys, tensorflow_datasets as tfds\n"

@@ -5,10 +5,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS = os.path.join(os.path.dirname(sys.executable), "tfds")
 
 
+@pytest.mark.slow  # 20-40 s of training or fresh processes (CI runs it)
 def test_train_without_data_dir_or_model_dir_uses_tfds_default_and_a_new_run_folder(
     data_dir, tmp_path):
   """`python -m trainers.main --model=M`: data from TFDS_DATA_DIR, a new work/runs folder,
@@ -43,6 +46,7 @@ def test_a_new_run_folder_is_never_an_existing_one(tmp_path, monkeypatch):
   assert os.path.dirname(first) == os.path.join("work", "runs")
 
 
+@pytest.mark.slow  # 20-40 s of training or fresh processes (CI runs it)
 def test_tfds_build_from_another_folder_with_imports(tmp_path):
   manual = os.path.join(REPO, "animals10_tfds", "dummy_data")
   data = tmp_path / "data"

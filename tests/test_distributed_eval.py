@@ -28,7 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Several transfer models built and traced: minutes on 2 cores (CI runs them).
 pytestmark = pytest.mark.slow
 CASES = {  # name: (model, replicas, batch size)
-    **{model: (model, 2, 12) for model in ("cnn2", "cnn4", "mnv2", "enb3", "dn121")},
+    **{model: (model, 2, 12) for model in ("cnn2", "cnn4", "mnv2", "mnv2_035", "enb3",
+                                           "dn121")},
     "cnn2_first_batch_uneven": ("cnn2", 2, 70),
     "cnn2_three_replicas": ("cnn2", 3, 12),
 }

@@ -24,7 +24,9 @@ PRESETS = {
 
 @pytest.fixture(scope="module")
 def trainer_flags():
-  from trainers import main  # pylint: disable=g-import-not-at-top  (defines the flags)
+  from trainers import main  # pylint: disable=g-import-not-at-top
+  if "model" not in flags.FLAGS:
+    main.define_flags()
   yield main
   flags.FLAGS.unparse_flags()
 
@@ -34,7 +36,7 @@ def test_flagfile_parses_to_the_study_settings(trainer_flags, experiment):
   command = reproduce.command(experiment, 0, "DATA", "RUN")
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["trainers.main"] + [arg for arg in command if arg.startswith("--")])
-  config = trainer_flags._config()  # pylint: disable=protected-access
+  config = trainer_flags.config_from_flags()
   model, epochs, batch, augment, jpeg_rgb, fine_tune = {**STUDY, **PRESETS}[experiment]
   assert (config.model, config.epochs, config.batch_size, config.augment) == (
       model, epochs, batch, augment)
@@ -62,7 +64,7 @@ def test_nocache_features_reaches_every_run(trainer_flags):
   command = reproduce.command("dn121", 0, "DATA", "RUN", cache_features=False)
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["trainers.main"] + [arg for arg in command if arg.startswith("--")])
-  assert trainer_flags._config().cache_features is False  # pylint: disable=protected-access
+  assert trainer_flags.config_from_flags().cache_features is False
   assert "--nocache_features" not in reproduce.command("dn121", 0, "DATA", "RUN")
 
 
@@ -71,7 +73,7 @@ def test_overrides_after_the_flagfile_reach_every_run_and_its_config(trainer_fla
   command = reproduce.command("model_02", 0, "DATA", "RUN", overrides=overrides)
   flags.FLAGS.unparse_flags()
   flags.FLAGS(["trainers.main"] + [arg for arg in command if arg.startswith("--")])
-  config = trainer_flags._config()  # pylint: disable=protected-access
+  config = trainer_flags.config_from_flags()
   assert (config.keep_formats, config.keep_modes, config.balance) == ((), (), "class_weight")
   assert config.overrides == tuple(overrides)
 

@@ -30,6 +30,7 @@ def mixed_precision():
   keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow  # 20-40 s of training or fresh processes (CI runs it)
 def test_heat_falls_on_the_half_whose_patch_decides_the_class(mixed_precision):
   rng = np.random.default_rng(0)
   keras.utils.set_random_seed(0)
@@ -73,13 +74,15 @@ def test_gallery_takes_the_most_confident_mistakes_four_per_true_class():
   assert len(figures.select_errors(labels, probabilities, per_class=40)) == 40
 
 
-def test_explain_writes_a_picture_per_image_for_a_saved_transfer_model(sample_dir, tmp_path):
+@pytest.mark.parametrize("name", ["mnv2", "mnv2_035"])
+def test_explain_writes_a_picture_per_image_for_a_saved_transfer_model(sample_dir, tmp_path,
+                                                                       name):
   run = tmp_path / "run"
   run.mkdir()
-  model = models.build_model("mnv2", 32, weights=None)
+  model = models.build_model(name, 32, weights=None)
   models.compile_for_saving(model)
   model.save(run / "model.keras")
-  config_lib.save(config_lib.Config(model="mnv2", model_dir=str(run), image_size=32))
+  config_lib.save(config_lib.Config(model=name, model_dir=str(run), image_size=32))
   folder = sample_dir / "raw-img" / "gatto"
   files = sorted(folder.iterdir())[:3]
   results, errors = predict.predict(str(run), [str(path) for path in files],

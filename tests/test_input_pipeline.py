@@ -119,7 +119,7 @@ def test_small_images_are_upscaled_not_overscaled():
   assert image.shape == (100, 100, 3)
 
 
-def test_training_batches_are_seeded_per_epoch(builder):
+def test_a_resumed_stream_gives_the_batches_of_an_uninterrupted_one(builder):
   records = records_lib.records(builder, "train")
   stream = input_pipeline.TrainingStream(batch_size=16, steps_per_epoch=2, epochs=3, seed=3,
                                          image_size=32, deterministic=True)

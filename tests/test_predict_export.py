@@ -59,13 +59,16 @@ def test_predict_cli_json_and_exit_status(run_dir, images):
 
 
 def test_predict_gives_the_saved_model_s_probabilities_at_the_run_s_size(run_dir, images):
+  """As the run's records were made: stored at 160 px (its 160px config), then decoded."""
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from animals10_tfds import image as image_lib  # pylint: disable=g-import-not-at-top
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
   results, _ = predict.predict(str(run_dir), [str(images / "dog.jpg")], top_k=10)
   got = {p["label"]: p["probability"] for p in results[0]["predictions"]}
   model = keras.saving.load_model(str(run_dir / "model.keras"))
-  image = input_pipeline.decode_and_resize((images / "dog.jpg").read_bytes(), 40, "stretch")
+  stored, _ = image_lib.rgb_jpeg_or_reason((images / "dog.jpg").read_bytes(), 160)
+  image = input_pipeline.decode_and_resize(stored, 40, "stretch")
   expected = model.predict(tf.cast(image, tf.float32)[None], verbose=0)[0]
   labels = ("dog", "horse", "elephant", "butterfly", "chicken", "cat", "cow", "sheep",
             "spider", "squirrel")

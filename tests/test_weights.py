@@ -66,7 +66,8 @@ def test_a_file_of_another_width_names_the_file_and_what_to_pass(tmp_path, mnv2_
       rf"--weights={mnv2_035_file} does not fit mnv2's backbone \(.*\): it holds the weights "
       r"of another architecture or width; pass the file made for mnv2 \(Keras names it "
       r"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5\)")):
-    train._build(config, weights_lib.resolve(config.model, config.weights, 32))  # pylint: disable=protected-access
+    train._build(  # pylint: disable=protected-access
+        config, weights_lib.resolve(config.model, config.weights, 32))
 
 
 def test_the_cli_stops_on_a_bad_file_before_training(tmp_path, data_dir):
@@ -119,4 +120,5 @@ def test_the_shared_file_given_to_dn121_is_one_line(tmp_path):
                              weights=SHARED)
   with pytest.raises(weights_lib.WeightsError, match=rf"--weights={SHARED} does not fit "
                                                      r"dn121's backbone"):
-    train._build(config, weights_lib.resolve("dn121", SHARED, 32))  # pylint: disable=protected-access
+    train._build(  # pylint: disable=protected-access
+        config, weights_lib.resolve("dn121", SHARED, 32))

@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 
 from trainers import config as config_lib
+from trainers import figures
 from trainers import metrics as metrics_lib
 from trainers import results
 from trainers import run_paths
@@ -207,9 +208,7 @@ def write_csv(rows, path):
 
 def charts(rows, experiments, out):
   """comparison.png (accuracy and F1 with error bars) and curves.png (history)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  pyplot = figures.pyplot()
   names = [row["model"] for row in rows]
   positions = range(len(rows))
   figure, axes = pyplot.subplots(figsize=(max(5, 1.2 * len(rows)), 4))
@@ -255,9 +254,7 @@ def per_class_f1(experiments: dict) -> dict:
 
 def per_class_f1_png(experiments: dict, path: str):
   """Per-class test F1 of every experiment side by side (mean ± std over seeds)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  pyplot = figures.pyplot()
   table = per_class_f1(experiments)
   classes = next((list(row) for row in table.values() if row), [])
   width = 0.8 / max(1, len(table))

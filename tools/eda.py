@@ -15,6 +15,8 @@ import time
 from absl import app
 from absl import flags
 import pandas as pd
+# TFDS (and through it TensorFlow) is imported only by --from_tfds, inside
+# `table_from_tfds`: a scan of raw files never waits for it.
 
 from animals10_tfds import grouping
 from animals10_tfds import image as image_lib

@@ -4,15 +4,14 @@ import os
 
 import pandas as pd
 
+from trainers import figures
+
 # The study's findings on the real download, to read ours against.
 STUDY_FINDINGS = """\
 The study's findings on the real download (26,179 images): dog 19 %, spider 18 %,
 chicken 12 %, horse 10 %, butterfly 8 %, cow/squirrel/sheep 7 %, cat/elephant 6 %; no
 exact duplicates; all but 51 RGB JPEG; 80 % landscape; 300x225 the most common
 resolution (17 %); 45 % of resolutions under 1 % of images; 16 resolutions with >= 1 %."""
-
-PLOTS = ("labels.png", "resolutions.png", "orientation.png", "mode_format.png")
-
 
 def _share(count, total):
   return f"{100 * count / max(total, 1):.1f} %"
@@ -91,9 +90,7 @@ def markdown(table: pd.DataFrame, groups: list, seconds: float) -> str:
 
 def plots(good: pd.DataFrame, out: str):
   """Writes the PNG plots the report embeds."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  pyplot = figures.pyplot()
 
   def save(figure, name):
     figure.tight_layout()

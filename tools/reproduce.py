@@ -119,7 +119,8 @@ def main(argv):
                            overrides)
     workspace = (os.path.join(os.path.dirname(EXPERIMENTS_DIR), "..", "WORKSPACE.md")
                  if _FLAGS.append_workspace else None)
-    print(compare.compare(run_dirs, os.path.join(_FLAGS.out, compare.COMPARISON_DIR), workspace), end="")
+    print(compare.compare(run_dirs, os.path.join(_FLAGS.out, compare.COMPARISON_DIR),
+                          workspace), end="")
   except ValueError as error:
     sys.exit(f"reproduce: {error}")
 

@@ -8,12 +8,17 @@ backbone's output (its last convolutional block, right before the pooling
 layer) for the transfer models. Keras and `tf.GradientTape` only.
 """
 
+import io
 import os
 from typing import Sequence
 
 import keras
+import matplotlib
 import numpy as np
 import tensorflow as tf
+
+from trainers import figures
+from trainers import run_folder
 
 
 def feature_map(model: keras.Model):
@@ -69,7 +74,6 @@ def grad_cam(model: keras.Model, images: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
   """The image with the heat map blended on top (jet colours), uint8 RGB."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
   colours = matplotlib.colormaps["jet"](heat)[..., :3] * 255
   return np.clip((1 - alpha) * image + alpha * colours, 0, 255).astype(np.uint8)
 
@@ -77,11 +81,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
 def write(out_dir: str, names: Sequence[str], images: np.ndarray, heat: np.ndarray,
           captions: Sequence[str]) -> list[str]:
   """Writes OUT/<name>.png per image (image beside its overlay); returns the paths."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  from trainers import run_folder  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
+  pyplot = figures.pyplot()
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   for name, image, cam, caption in zip(names, images, heat, captions):

@@ -248,11 +248,11 @@ def _put_in_place(written: str, out: str):
     os.replace(written, out)
   if os.path.isdir(out):
     for folder, _, files in os.walk(out):
-      os.chmod(folder, run_folder.DIRECTORY_MODE)
+      os.chmod(folder, run_folder.directory_mode())
       for name in files:
-        os.chmod(os.path.join(folder, name), run_folder.FILE_MODE)
+        os.chmod(os.path.join(folder, name), run_folder.file_mode())
   else:
-    os.chmod(out, run_folder.FILE_MODE)
+    os.chmod(out, run_folder.file_mode())
 
 
 def main(argv):

@@ -17,24 +17,29 @@ ERRORS_PER_CLASS = 4
 ERRORS_MAX = 40
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib's pyplot on the Agg backend (files only, no display).
+
+  Imported here, not at the top: the backend must be chosen before pyplot is
+  first imported, and choosing it at import time would be module-level work.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  return pyplot
+  from matplotlib import pyplot as pyplot_module  # pylint: disable=g-import-not-at-top
+  return pyplot_module
 
 
 def _save(figure, path: str, dpi: int = 100):
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=dpi)
-  _pyplot().close(figure)
+  pyplot().close(figure)
   run_folder.atomic_write(path, buffer.getvalue())
 
 
 def confusion_png(path: str, confusion: Sequence[Sequence[int]], class_names: Sequence[str]):
   """Saves the confusion matrix (rows: true class, columns: predicted)."""
   matrix = np.asarray(confusion)
-  figure, axes = _pyplot().subplots(figsize=(7, 6))
+  figure, axes = pyplot().subplots(figsize=(7, 6))
   axes.imshow(matrix, cmap="Blues")
   axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
   axes.set_yticks(range(len(class_names)), class_names)
@@ -50,7 +55,7 @@ def confusion_png(path: str, confusion: Sequence[Sequence[int]], class_names: Se
 def per_class_png(path: str, per_class: dict):
   """Precision, recall and F1 of each class as grouped bars (metrics.json's per_class)."""
   names = list(per_class)
-  figure, axes = _pyplot().subplots(figsize=(9, 4))
+  figure, axes = pyplot().subplots(figsize=(9, 4))
   for offset, key in ((-0.27, "precision"), (0, "recall"), (0.27, "f1-score")):
     axes.bar(np.arange(len(names)) + offset, [per_class[name][key] for name in names],
              width=0.27, label=key)
@@ -97,7 +102,7 @@ def errors_png(path: str, images: Sequence[np.ndarray], captions: Sequence[str])
   count = max(1, len(images))
   columns = min(8, count)
   rows = -(-count // columns)
-  figure, axes_grid = _pyplot().subplots(rows, columns, figsize=(2.1 * columns, 2.5 * rows),
+  figure, axes_grid = pyplot().subplots(rows, columns, figsize=(2.1 * columns, 2.5 * rows),
                                          squeeze=False)
   for axes in axes_grid.ravel():
     axes.axis("off")

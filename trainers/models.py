@@ -72,8 +72,9 @@ REGISTRY = {
     # EfficientNetV2 rescales inside the application (include_preprocessing).
     "enb3": ModelSpec(keras.applications.EfficientNetV2B3, 32, lambda: [],
                       imagenet_file=lambda _: "efficientnetv2-b3_notop.h5"),
-    "dn121": ModelSpec(keras.applications.DenseNet121, 32, _imagenet_normalize,
-                       imagenet_file=lambda _: "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "dn121": ModelSpec(
+        keras.applications.DenseNet121, 32, _imagenet_normalize,
+        imagenet_file=lambda _: "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 
 

@@ -4,8 +4,9 @@ r"""Classifies image files and folders with a trained run.
 
 Any format Pillow reads goes through the dataset's own conversion (RGB JPEG,
 downscaled as the run's dataset config stored its images) and the trainer's
-decode path at the run's image size and resize mode, batched with tf.data. A file that cannot be read gets one line and the rest go on; the exit
-status is non-zero if any failed.
+decode path at the run's image size and resize mode, batched with tf.data. A
+file that cannot be read gets one line and the rest go on; the exit status is
+non-zero if any failed.
 """
 
 import json
@@ -20,7 +21,8 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from animals10_tfds import animals10_tfds_dataset_builder as builder_lib  # pylint: disable=g-import-not-at-top
+# pylint: disable-next=g-import-not-at-top
+from animals10_tfds import animals10_tfds_dataset_builder as builder_lib
 from animals10_tfds import image as image_lib  # pylint: disable=g-import-not-at-top
 from animals10_tfds import source  # pylint: disable=g-import-not-at-top
 from trainers import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -182,8 +182,9 @@ def load(model_dir: str) -> FinishedRun:
       with open(path, newline="") as file:
         tables[path] = list(csv.DictReader(file))
     except (OSError, ValueError, csv.Error) as error:
-      raise ValueError(f"{path} of a finished run is missing or unreadable "
-                       f"({getattr(error, 'strerror', None) or error}): {evaluate_again}.") from None
+      reason = getattr(error, "strerror", None) or error
+      raise ValueError(f"{path} of a finished run is missing or unreadable ({reason}): "
+                       f"{evaluate_again}.") from None
   predictions = tables[paths.predictions]
   expected = metrics.get("test_images")
   names = [row.get("file_name") for row in predictions]

@@ -19,10 +19,31 @@ import shutil
 import tempfile
 from typing import Callable
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-FILE_MODE = 0o666 & ~_UMASK
-DIRECTORY_MODE = 0o777 & ~_UMASK
+
+
+def umask() -> int:
+  """The process's umask, read without changing it where Linux tells it
+  (/proc/self/status), else by setting and restoring it."""
+  try:
+    with open("/proc/self/status") as status:
+      for line in status:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  current = os.umask(0o022)
+  os.umask(current)
+  return current
+
+
+def file_mode() -> int:
+  """The mode `open(path, "w")` gives a new file: 0666 less the umask."""
+  return 0o666 & ~umask()
+
+
+def directory_mode() -> int:
+  """The mode `os.mkdir` gives a new folder: 0777 less the umask."""
+  return 0o777 & ~umask()
 
 
 class NoSpaceLeft(ValueError):
@@ -86,7 +107,7 @@ def replace_with(path: str, write: Callable[[str], None], suffix: str = "",
     raise
   try:
     write(temporary)
-    os.chmod(temporary, FILE_MODE)
+    os.chmod(temporary, file_mode())
     os.replace(temporary, path)
   except BaseException as error:
     if os.path.exists(temporary):

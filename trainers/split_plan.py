@@ -69,8 +69,9 @@ class SplitPlan:
     return EvalPlan(self.counts[split], self.batch_size, self.workers)
 
 
-def plan(dataset_builder, filters: records_lib.Filters, balance: str, batch_size: int, workers: int = 1,
-         steps_per_epoch: int = 0, allow_empty_classes: bool = False) -> SplitPlan:
+def plan(dataset_builder, filters: records_lib.Filters, balance: str, batch_size: int,
+         workers: int = 1, steps_per_epoch: int = 0,
+         allow_empty_classes: bool = False) -> SplitPlan:
   """Reads every split's labels and names once and plans the run's data.
 
   Args:
@@ -90,7 +91,8 @@ def plan(dataset_builder, filters: records_lib.Filters, balance: str, batch_size
   class_names = tuple(dataset_builder.info.features["label"].names)
   keep, counts, train_labels = {}, {}, None
   for split in SPLITS:
-    labels, names = records_lib.labels_and_names(records_lib.records(dataset_builder, split, filters))
+    labels, names = records_lib.labels_and_names(
+        records_lib.records(dataset_builder, split, filters))
     keep[split] = None
     if balance == "undersample":
       keep[split] = tuple(undersample(labels, names, len(class_names)))

@@ -1,0 +1,22 @@
+"""Helpers of the trainer's tests: a small config, and the command line run as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+from trainers import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_command(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "trainers.main", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def small_config(data_dir, model_dir, **overrides):
+  settings = dict(model="cnn2", model_dir=str(model_dir), data_dir=str(data_dir),
+                  image_size=48, batch_size=16, epochs=2, seed=1, deterministic=True,
+                  weights="none")
+  settings.update(overrides)
+  return config_lib.Config(**settings)

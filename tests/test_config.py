@@ -125,3 +125,10 @@ def test_a_finished_run_refuses_a_command_of_other_settings(tmp_path):
   with pytest.raises(ValueError, match=r"holds a finished run with other settings "
                                        r"\(--batch_size=24 before, 8 now\)"):
     config_lib.check_finished(dataclasses.replace(trained, batch_size=8), metrics)
+
+
+def test_a_finished_run_of_an_older_version_without_its_config_json_says_what_to_do(tmp_path):
+  trained = config_lib.Config(model="cnn2", model_dir=str(tmp_path))
+  with pytest.raises(ValueError, match=r"records no settings to check this command against: "
+                                       r"put back a copy of config.json"):
+    config_lib.check_finished(trained, {"accuracy_test": 0.5})

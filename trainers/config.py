@@ -211,6 +211,11 @@ def check_finished(config: Config, metrics: dict):
       raise ValueError(f"{config.model_dir} holds a finished run with other settings "
                        f"({changed}): use a new --model_dir to train with these.")
     return
+  if recorded is None:
+    raise ValueError(f"{paths.config} is missing or unreadable, and the finished run in "
+                     f"{config.model_dir} (made by an older version) records no settings to "
+                     "check this command against: put back a copy of config.json, or train "
+                     "again in a new --model_dir.")
   if recorded != mine:
     raise ValueError(f"{paths.config} is missing or unreadable, and this command's settings "
                      f"are not those of the finished run in {config.model_dir}: run the "

@@ -171,9 +171,7 @@ def check_resumable(config: Config):
     except ValueError:
       before = None  # judged by the hashes below, then written again
   if before is not None:
-    changed = [f"--{name}={getattr(before, name)!r} before, {getattr(config, name)!r} now"
-               for name in dataclasses.asdict(config) if name not in RESUMABLE_CHANGES
-               and getattr(config, name) != getattr(before, name)]
+    changed = _changes(before, config)
     if changed and recorded:
       raise ValueError(f"{config.model_dir} holds a run with other settings "
                        f"({'; '.join(changed)}): use a new --model_dir, or resume it with "
@@ -205,11 +203,9 @@ def check_finished(config: Config, metrics: dict):
     before = None
   if before is not None:
     if recorded is not None and recorded != mine:
-      changed = "; ".join(f"--{name}={getattr(before, name)!r} before, {value!r} now"
-                          for name, value in dataclasses.asdict(config).items()
-                          if name not in RESUMABLE_CHANGES and getattr(before, name) != value)
       raise ValueError(f"{config.model_dir} holds a finished run with other settings "
-                       f"({changed}): use a new --model_dir to train with these.")
+                       f"({'; '.join(_changes(before, config))}): use a new --model_dir to "
+                       "train with these.")
     return
   if recorded is None:
     raise ValueError(f"{paths.config} is missing or unreadable, and the finished run in "
@@ -223,6 +219,13 @@ def check_finished(config: Config, metrics: dict):
   save(config)
   print(f"info: {paths.config} was missing or unreadable; written again from this "
         "command, whose settings match the finished run's.", flush=True)
+
+
+def _changes(before: Config, now: Config) -> list[str]:
+  """`--name=old before, new now` for each setting that may not change on a resume."""
+  return [f"--{name}={getattr(before, name)!r} before, {getattr(now, name)!r} now"
+          for name in dataclasses.asdict(now) if name not in RESUMABLE_CHANGES
+          and getattr(now, name) != getattr(before, name)]
 
 
 def save(config: Config):

@@ -61,6 +61,20 @@ def data_dir(sample_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def images(sample_dir, tmp_path_factory):
+  """A sample photo as JPEG, CMYK JPEG and RGBA PNG, and a text file named .jpg."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  folder = tmp_path_factory.mktemp("images")
+  dog = sorted((sample_dir / "raw-img" / "cane").iterdir())[0]
+  picture = Image.open(dog).convert("RGB")
+  (folder / "dog.jpg").write_bytes(dog.read_bytes())
+  picture.convert("CMYK").save(folder / "cmyk.jpg")
+  picture.convert("RGBA").save(folder / "rgba.png")
+  (folder / "notes.jpg").write_text("not an image")
+  return folder
+
+
+@pytest.fixture(scope="session")
 def run_dir(data_dir, tmp_path_factory):
   """A finished cnn2 run (40 px, stretch, 3 steps) on the sample."""
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top

@@ -129,3 +129,44 @@ def test_a_resumed_stream_gives_the_batches_of_an_uninterrupted_one(builder):
       records, dataclasses.replace(stream, first_epoch=1))]
   assert len(full) == 6 and full[2:] == resumed
   assert full[0:2] != full[2:4]  # each epoch is shuffled differently
+
+
+def test_exclude_leaves_listed_records_out_of_train_and_validation(builder, tmp_path):
+  train_labels, train_names = records_lib.labels_and_names(records_lib.records(builder, "train"))
+  _, test_names = records_lib.labels_and_names(records_lib.records(builder, "test"))
+  listed = train_names[:3] + test_names[:1]
+  plan = split_plan.plan(builder, records_lib.Filters(), "none", 16, exclude=listed)
+  assert plan.excluded == {"train": 3, "validation": 0, "test": 0}
+  assert plan.counts["train"] == len(train_names) - 3
+  assert not set(listed[:3]) & set(plan.keep["train"]) and plan.keep["test"] is None
+  with_test = split_plan.plan(builder, records_lib.Filters(), "none", 16, exclude=listed,
+                              exclude_test=True)
+  assert with_test.excluded["test"] == 1 and test_names[0] not in with_test.keep["test"]
+  with pytest.raises(ValueError, match=r"--exclude names 1 file\(s\) that match no record .*"
+                                       r"'cane/typo.jpg': fix the list"):
+    split_plan.plan(builder, records_lib.Filters(), "none", 16,
+                    exclude=listed + ["cane/typo.jpg"])
+
+
+def test_an_exclude_file_is_a_file_name_column_or_a_plain_list(tmp_path):
+  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  audit = tmp_path / "audit.csv"
+  audit.write_text("file_name,split,label,issue\ncane/b.jpg,train,dog,label\n"
+                   "cane/a.jpg,test,dog,outlier\ncane/b.jpg,train,dog,near_duplicate\n")
+  plain = tmp_path / "list.txt"
+  plain.write_text("# mine\ncane/a.jpg\n\ncane/b.jpg\n")
+  names, digest = config_lib.read_exclude(str(audit))
+  assert names == ("cane/a.jpg", "cane/b.jpg") and len(digest) == 64
+  assert config_lib.read_exclude(str(plain)) == (names, digest)
+  (tmp_path / "empty.csv").write_text("file_name\n")
+  with pytest.raises(ValueError, match="names no file"):
+    config_lib.read_exclude(str(tmp_path / "empty.csv"))
+  with pytest.raises(ValueError, match="cannot be read"):
+    config_lib.read_exclude(str(tmp_path / "missing.csv"))
+  with pytest.raises(ValueError, match="--exclude_test needs --exclude"):
+    config_lib.Config(model="cnn2", model_dir=str(tmp_path), exclude_test=True)
+  # A run without --exclude keeps the settings hash older versions gave it.
+  plain_config = config_lib.Config(model="cnn2", model_dir=str(tmp_path))
+  listed = config_lib.Config(model="cnn2", model_dir=str(tmp_path), exclude=names,
+                             exclude_sha256=digest)
+  assert config_lib.settings_sha256(plain_config) != config_lib.settings_sha256(listed)

@@ -17,18 +17,6 @@ from trainers import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def images(sample_dir, tmp_path_factory):
-  folder = tmp_path_factory.mktemp("images")
-  dog = sorted((sample_dir / "raw-img" / "cane").iterdir())[0]
-  picture = Image.open(dog).convert("RGB")
-  (folder / "dog.jpg").write_bytes(dog.read_bytes())
-  picture.convert("CMYK").save(folder / "cmyk.jpg")
-  picture.convert("RGBA").save(folder / "rgba.png")
-  (folder / "notes.jpg").write_text("not an image")
-  return folder
-
-
 def test_predict_reports_good_files_and_one_line_per_bad_one(run_dir, images):
   results, errors = predict.predict(str(run_dir), [str(images), str(images / "missing.jpg")],
                                     top_k=2)
@@ -137,3 +125,11 @@ def test_predictions_stand_when_writing_an_explanation_fails(run_dir, images, tm
 def test_a_file_name_with_a_newline_stays_on_its_row():
   row = predict.table_row("folder/two\nlines\t.jpg", [{"label": "dog", "probability": 0.5}])
   assert row == "folder/two\\nlines\\t.jpg\tdog 0.500" and len(row.splitlines()) == 1
+
+
+def test_tied_probabilities_rank_as_argmax_does():
+  """An int8 file's probabilities come in steps of 1/256: ties are common, and the
+  top-1 must be argmax's (the lower class index), as in the run's predictions."""
+  row = np.array([0.1, 0.3, 0.3, 0.05, 0.25], np.float32)
+  assert list(np.argsort(-row, kind="stable")[:3]) == [1, 2, 4]
+  assert predict.top_indices(row, 2) == [1, 2]

@@ -66,7 +66,7 @@ def test_a_file_of_another_width_names_the_file_and_what_to_pass(tmp_path, mnv2_
       rf"--weights={mnv2_035_file} does not fit mnv2's backbone \(.*\): it holds the weights "
       r"of another architecture or width; pass the file made for mnv2 \(Keras names it "
       r"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5\)")):
-    train._build(  # pylint: disable=protected-access
+    train.build(
         config, weights_lib.resolve(config.model, config.weights, 32))
 
 
@@ -95,7 +95,7 @@ def test_offline_without_the_cached_file_names_it_and_its_folder(tmp_path, monke
       r"--weights=imagenet: mnv2_035's ImageNet weights could not be downloaded \(no "
       r"network\?\) and are not in Keras's cache: put "
       r"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_160_no_top.h5 in " + folder)):
-    train._build(config, "imagenet")  # pylint: disable=protected-access
+    train.build(config, "imagenet")
 
 
 @needs_shared
@@ -107,7 +107,7 @@ def test_imagenet_weights_come_from_keras_s_cache_under_keras_s_name(tmp_path, m
   resolved = weights_lib.resolve("mnv2_035", "imagenet", 224)
   assert resolved == str(folder / os.path.basename(SHARED))
   config = config_lib.Config(model="mnv2_035", model_dir=str(tmp_path), image_size=224)
-  ours = models.backbone_of(train._build(config, resolved))  # pylint: disable=protected-access
+  ours = models.backbone_of(train.build(config, resolved))
   reference = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=0.35,
                                              include_top=False, weights=SHARED)
   for got, expected in zip(ours.get_weights(), reference.get_weights(), strict=True):
@@ -120,5 +120,5 @@ def test_the_shared_file_given_to_dn121_is_one_line(tmp_path):
                              weights=SHARED)
   with pytest.raises(weights_lib.WeightsError, match=rf"--weights={SHARED} does not fit "
                                                      r"dn121's backbone"):
-    train._build(  # pylint: disable=protected-access
+    train.build(
         config, weights_lib.resolve("dn121", SHARED, 32))

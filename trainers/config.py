@@ -6,6 +6,7 @@ so tests build a `Config` directly. The trainer writes it to RUN/config.json
 the tests (flags.txt stays, for rerunning the command line).
 """
 
+import csv
 import dataclasses
 import glob
 import hashlib
@@ -63,6 +64,11 @@ class Config:
   virtual_devices: int = 0  # split the CPU into N logical devices (tests)
   cluster_timeout: float = 300  # seconds for every multi-worker task to join
   allow_empty_classes: bool = False  # train although a class has no train image
+  # Records left out (file names from --exclude=FILE, sorted) and the list's SHA-256;
+  # from the test split too only with exclude_test.
+  exclude: tuple[str, ...] = ()
+  exclude_sha256: str = ""
+  exclude_test: bool = False
   # Recorded only: the flags tools.reproduce put after an experiment's flagfile.
   overrides: tuple[str, ...] = ()
 
@@ -70,8 +76,40 @@ class Config:
     _check(self)
 
 
+def read_exclude(path: str) -> tuple[tuple[str, ...], str]:
+  """(sorted file names, SHA-256 of the list) of an --exclude file.
+
+  A CSV whose header has a `file_name` column (such as tools.audit's audit.csv,
+  filtered by hand) gives that column; any other file is a plain list, one name
+  per line (blank lines and lines starting with # skipped).
+
+  Raises:
+    ValueError: one line, when the file cannot be read or names nothing.
+  """
+  try:
+    with open(path, newline="") as file:
+      text = file.read()
+  except (OSError, UnicodeDecodeError) as error:
+    reason = getattr(error, "strerror", None) or error
+    raise ValueError(f"--exclude={path} cannot be read ({reason}): give a CSV with a "
+                     "file_name column or a list of file names.") from None
+  lines = text.splitlines()
+  header = next(csv.reader(lines[:1]), [])
+  if "file_name" in header:
+    names = [row.get("file_name") or "" for row in csv.DictReader(lines)]
+  else:
+    names = [line for line in lines if line.strip() and not line.startswith("#")]
+  names = sorted({name.strip() for name in names if name.strip()})
+  if not names:
+    raise ValueError(f"--exclude={path} names no file: give a CSV with a file_name column "
+                     "or a list of file names, one per line.")
+  return tuple(names), hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
 def _check(config: Config):
   """Raises ValueError with an actionable sentence for a bad combination."""
+  if config.exclude_test and not config.exclude:
+    raise ValueError("--exclude_test needs --exclude=FILE (the records to leave out).")
   choices = {"resize": RESIZE_MODES, "balance": BALANCE_MODES,
              "precision": PRECISIONS, "strategy": STRATEGIES}
   for name, allowed in choices.items():
@@ -114,6 +152,8 @@ RESUMABLE_CHANGES = ("model_dir", "data_dir", "strategy", "tpu", "virtual_device
 SAME_EXPERIMENT_EXCEPT = ("seed", "model_dir", "data_dir", "strategy", "tpu",
                           "virtual_devices", "cluster_timeout", "cache", "cache_features",
                           "allow_empty_classes", "overrides")
+# Settings added after runs existed: hashed only when set.
+ADDED_UNSET_UNHASHED = ("exclude", "exclude_sha256", "exclude_test")
 # The key under which backups, cached features, clocks and metrics.json record
 # the `settings_sha256` of the run that made them.
 SETTINGS_KEY = "settings_sha256"
@@ -127,6 +167,9 @@ def settings_sha256(config: Config) -> str:
   """
   values = {name: value for name, value in dataclasses.asdict(config).items()
             if name not in RESUMABLE_CHANGES}
+  for name in ADDED_UNSET_UNHASHED:  # so runs of older versions keep their hash
+    if not values[name]:
+      del values[name]
   return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 

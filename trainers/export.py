@@ -1,22 +1,32 @@
-r"""Exports a trained run as a SavedModel or a TFLite file, and checks it.
+r"""Exports a trained run as a SavedModel or a TFLite file, and measures what it lost.
 
     python -m trainers.export --model_dir=work/runs/cnn2 --format=saved_model|tflite \
-        [--out=PATH]
+        [--quantize=none|dynamic|float16|int8] [--io=uint8|float32] \
+        [--calibration_images=200] [--max_accuracy_drop=X] [--out=PATH]
 
-The export is a float32 copy of the run's model (mixed-precision layers do not
-convert to TFLite). The SavedModel has two signatures: `serving_default` takes
-encoded JPEG bytes (decoded exactly as in training), `serve_images` takes uint8
-images at the run's size. The TFLite model takes float32 RGB in [0, 255] at the
-run's size. Both formats are checked against the Keras model on test images;
-the largest difference of probabilities and the top-1 agreement are printed,
-and a difference past --tolerance fails the export: it is written under a
-temporary name and only takes --out's place once it passes.
+The export starts from a float32 copy of the run's model (mixed-precision layers
+do not convert to TFLite). TFLite files can be quantized after training
+(`trainers.tflite_file`): int8 is calibrated on --calibration_images images of
+the run's train split (seeded), decoded as in training, and takes uint8 pixels
+by default. The SavedModel has two signatures: `serving_default` takes encoded
+images of any format `tf.io.decode_image` reads (JPEG, PNG, GIF, BMP, WebP),
+decoded, cropped and resized as in training; `serve_images` takes uint8 images
+at the run's size.
 
-Every export gets a report beside it, `<out>.json` (format, bytes, SHA-256 or
-file list, the check's figures). It is also the export's marker: an existing
---out is replaced only when its report shows it is an unchanged export of ours;
-anything else at --out (a run folder, a user's files) is refused and left
-untouched.
+Every export is measured on the run's whole test split against the Keras model
+before it is written: its test accuracy next to the Keras model's, top-1
+agreement, the largest probability difference, and latency per image on this
+CPU (1 thread and all threads, exported and Keras). An accuracy drop past
+--max_accuracy_drop (default 0.01 for none and float16, 0.02 for dynamic and
+int8), or for an unquantized export a probability difference past --tolerance,
+fails it: it is written under a temporary name and only takes --out's place
+once it passes. A previous export at --out stays.
+
+Every export gets a report beside it, `<out>.json` (these figures, bytes,
+SHA-256 or file list, and what `trainers.predict --model=` needs). It is also
+the export's marker: an existing --out is replaced only when its report shows
+it is an unchanged export of ours; anything else at --out (a run folder, a
+user's files) is refused and left untouched.
 
 EXIF orientation: `serving_default` decodes the bytes it is given as stored.
 TensorFlow's decoders ignore the EXIF orientation tag and have no op that reads
@@ -24,7 +34,6 @@ it, so a client sends upright pixels, as the dataset builder and
 `trainers.predict` make them (both rotate by EXIF with Pillow).
 """
 
-import json
 import os
 import shutil
 import sys
@@ -39,14 +48,19 @@ import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from animals10_tfds import source  # pylint: disable=g-import-not-at-top
 from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
 from trainers import entry_point  # pylint: disable=g-import-not-at-top
+from trainers import export_report  # pylint: disable=g-import-not-at-top
 from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
 from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
 from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+from trainers import keras_latency  # pylint: disable=g-import-not-at-top
 from trainers import models  # pylint: disable=g-import-not-at-top
+from trainers import results  # pylint: disable=g-import-not-at-top
 from trainers import run_folder  # pylint: disable=g-import-not-at-top
 from trainers import run_paths  # pylint: disable=g-import-not-at-top
+from trainers import tflite_file  # pylint: disable=g-import-not-at-top
 
 FORMATS = ("saved_model", "tflite")
 _FLAGS = flags.FLAGS
@@ -62,54 +76,50 @@ def float32_model(config: config_lib.Config) -> keras.Model:
   return model
 
 
-def check_batch(config: config_lib.Config, count: int) -> tf.Tensor:
-  """Encoded JPEG bytes of up to `count` test images of the run's dataset."""
+def calibration_set(config: config_lib.Config, count: int) -> np.ndarray:
+  """`count` images of the run's train split (seeded, filtered as the run), decoded as in
+  training: uint8 [count, size, size, 3]. All of them when the split is smaller."""
   builder = dataset_lib.builder(config.dataset, config.data_dir)
-  records = records_lib.records(builder, "test").take(count)
-  return tf.stack([record["image"] for record in records])
+  filters = records_lib.Filters(config.keep_formats, config.keep_modes, config.keep_orientations)
+  _, names = records_lib.labels_and_names(records_lib.records(builder, "train", filters))
+  chosen = np.random.default_rng(config.seed).permutation(len(names))[:count]
+  keep = [names[index] for index in sorted(chosen)]
+  decoded = input_pipeline.images(records_lib.records(builder, "train", filters, keep),
+                                  config.image_size, config.resize)
+  return np.stack([image.numpy() for image, _ in decoded])
 
 
-def report_path(out: str) -> str:
-  """The report (and marker) of an export: `<out>.json` beside it."""
-  return os.path.normpath(out) + ".json"
+def _test_batches(config: config_lib.Config, names, batch_size: int = 32):
+  """(encoded, uint8 image, label) batches of the test images the run evaluated."""
+  builder = dataset_lib.builder(config.dataset, config.data_dir)
+  records = records_lib.records(builder, "test", records_lib.Filters(), names)
+  return records.map(lambda record: (
+      record["image"],
+      input_pipeline.decode_and_resize(record["image"], config.image_size, config.resize),
+      record["label"])).batch(batch_size)
 
 
-def check_out(out: str, export_format: str):
-  """Raises ValueError unless `out` is free or holds an unchanged export of ours.
-
-  Checked before any work: nothing at `out` is touched when it is refused.
-  """
-  if not os.path.lexists(out):
-    return
-  kind = "folder" if os.path.isdir(out) else "file"
-  previous = _read_report(out)
-  if previous is None:
-    raise ValueError(f"--out={out} is an existing {kind} that is not an export of ours (no "
-                     f"report {report_path(out)} describes it): nothing was touched; choose "
-                     "a new path, or move it away yourself.")
-  if previous.get("format") != export_format:
-    raise ValueError(f"--out={out} holds a {previous.get('format')} export, not "
-                     f"{export_format}: nothing was touched; choose another --out.")
-  if previous.get("content") != _content(out):
-    raise ValueError(f"--out={out} was changed since it was exported (its files differ from "
-                     f"{report_path(out)}): nothing was touched; choose a new path, or move "
-                     "it away yourself.")
-
-
-def export(model_dir: str, export_format: str, out: str = None, tolerance: float = 1e-3,
-           check_images: int = 32) -> dict:
-  """Writes the export and its report; returns the report.
+def export(model_dir: str, export_format: str, out: str = None, *, quantize: str = "none",
+           io: str = None, calibration_images: int = 200, max_accuracy_drop: float = None,
+           tolerance: float = 1e-3, latency_runs: int = 50,
+           calibration: np.ndarray = None) -> dict:
+  """Writes the export and its report once it passes its checks; returns the report.
 
   Args:
     model_dir: a finished run folder.
     export_format: "saved_model" or "tflite".
     out: the export's path (default RUN/export/saved_model or RUN/export/model.tflite).
-    tolerance: largest allowed absolute difference of probabilities.
-    check_images: test images to check the export with (at least 1).
+    quantize: TFLite only: one of `tflite_file.QUANTIZE`.
+    io: TFLite only: "uint8" or "float32" input (default uint8 for int8).
+    calibration_images: int8's representative images from the train split.
+    max_accuracy_drop: largest allowed drop of test accuracy against the Keras
+      model (default `tflite_file.MAX_ACCURACY_DROP[quantize]`).
+    tolerance: largest allowed probability difference of an unquantized export.
+    latency_runs: timed calls per latency figure (0: not timed).
+    calibration: uint8 images to calibrate int8 with instead of the train split's.
 
   Returns:
-    The report: {path, format, bytes, content, max_abs_diff, top1_agreement,
-    check_images}.
+    The report (see `_report`).
 
   Raises:
     ValueError: one line, for bad arguments, an --out that is not ours, a
@@ -117,11 +127,20 @@ def export(model_dir: str, export_format: str, out: str = None, tolerance: float
   """
   if export_format not in FORMATS:
     raise ValueError(f"--format={export_format} is not one of {', '.join(FORMATS)}.")
-  if check_images < 1:
-    raise ValueError(f"--check_images must be at least 1, got {check_images}.")
+  io = io or tflite_file.default_io(quantize)
+  if export_format == "saved_model" and (quantize != "none" or io != "float32"):
+    raise ValueError("--quantize and --io are for --format=tflite; a SavedModel is float32.")
+  tflite_file.check_arguments(quantize, io)
+  if quantize == "int8" and calibration is None and calibration_images < 1:
+    raise ValueError(f"--calibration_images must be at least 1, got {calibration_images}.")
+  if latency_runs < 0:
+    raise ValueError(f"--latency_runs must be 0 (not timed) or more, got {latency_runs}.")
+  if max_accuracy_drop is None:
+    max_accuracy_drop = tflite_file.MAX_ACCURACY_DROP[quantize]
   config = config_lib.load_finished(model_dir)
+  run = results.load(model_dir)
   out = out or run_paths.RunPaths(model_dir).export(export_format)
-  check_out(out, export_format)
+  export_report.check_out(out, export_format)
   parent = os.path.dirname(os.path.abspath(out))
   try:
     os.makedirs(parent, exist_ok=True)
@@ -133,29 +152,51 @@ def export(model_dir: str, export_format: str, out: str = None, tolerance: float
                      "folder you can write to.") from None
   try:
     model = float32_model(config)
-    encoded = check_batch(config, check_images)
-    images = tf.map_fn(
-        lambda data: input_pipeline.decode_and_resize(data, config.image_size, config.resize),
-        encoded, fn_output_signature=tf.uint8)
-    expected = model.predict(tf.cast(images, tf.float32), verbose=0)
     if export_format == "saved_model":
       written = os.path.join(temporary, "saved_model")
-      got = _saved_model(model, config, written, encoded, images)
+      exported = _saved_model(model, config, written)
     else:
       written = os.path.join(temporary, "model.tflite")
-      got = _tflite(model, written, images)
-    difference = max(float(np.abs(probabilities - expected).max()) for probabilities in got)
-    agreement = min(float(np.mean(probabilities.argmax(1) == expected.argmax(1)))
-                    for probabilities in got)
-    if not np.isfinite(difference) or difference > tolerance:
+      if quantize == "int8" and calibration is None:
+        calibration = calibration_set(config, calibration_images)
+      with open(written, "wb") as file:
+        file.write(tflite_file.convert(model, quantize, io, calibration))
+      runner = tflite_file.Runner(written)
+      exported = lambda encoded, images: [runner.probabilities(images)]
+    figures = _measure(model, exported, config, run)
+    name = export_format if quantize == "none" else f"{quantize} {export_format}"
+    drop = figures["keras_accuracy_test"] - figures["accuracy_test"]
+    if drop > max_accuracy_drop + 1e-9:
+      raise ValueError(
+          f"the {name} export's test accuracy is {figures['accuracy_test']:.4f} against the "
+          f"Keras model's {figures['keras_accuracy_test']:.4f} on {figures['test_images']} "
+          f"test images (drop {drop:.4f} > --max_accuracy_drop={max_accuracy_drop:g}): not "
+          "written; " + ("calibrate on more or more typical images (--calibration_images), "
+                         "or use --quantize=float16 or dynamic." if quantize == "int8" else
+                         "do not ship this model."))
+    difference = figures["max_probability_difference"]
+    if quantize == "none" and (not np.isfinite(difference) or difference > tolerance):
       raise ValueError(f"the {export_format} export differs from the Keras model by "
                        f"{difference:.2e} > --tolerance={tolerance:g}: not written; do not "
                        "ship this model.")
+    latency = None
+    if latency_runs:
+      latency = {"runs": latency_runs, "all_threads": os.cpu_count(),
+                 "exported": (keras_latency.measure(written, config.image_size, latency_runs)
+                              if export_format == "saved_model" else tflite_file.latency_ms(
+                                  written, _latency_image(config.image_size), latency_runs)),
+                 "keras": keras_latency.measure(run_paths.RunPaths(model_dir).model,
+                                                config.image_size, latency_runs)}
     _put_in_place(written, out)
-    report = {"path": out, "format": export_format, "model_dir": model_dir,
-              "bytes": _bytes(out), "content": _content(out), "max_abs_diff": difference,
-              "top1_agreement": agreement, "check_images": int(len(expected))}
-    run_folder.write_json(report_path(out), report)
+    report = {"path": out, "format": export_format, "quantize": quantize,
+              "io": io if export_format == "tflite" else None, "bytes": export_report.bytes_of(out),
+              **figures, "accuracy_drop": drop, "max_accuracy_drop": max_accuracy_drop,
+              "latency_ms": latency,
+              "calibration_images": int(len(calibration)) if quantize == "int8" else None,
+              "model_dir": model_dir, "image_size": config.image_size, "resize": config.resize,
+              "dataset": config.dataset, "class_names": list(source.LABELS),
+              "content": export_report.content(out)}
+    run_folder.write_json(export_report.report_path(out), report)
   except OSError as error:
     if run_folder.is_disk_full(error):
       raise run_folder.NoSpaceLeft(out) from None
@@ -163,15 +204,46 @@ def export(model_dir: str, export_format: str, out: str = None, tolerance: float
                      "folder you can write to.") from None
   finally:
     shutil.rmtree(temporary, ignore_errors=True)
-  print(f"{export_format} written to {out} ({report['bytes']:,} bytes, report "
-        f"{report_path(out)}); on {len(expected)} test images: max |probability difference| "
-        f"vs Keras {difference:.2e} (tolerance {tolerance:g}), top-1 agreement "
-        f"{agreement:.4f}")
+  print(export_report.summary(report))
   return report
 
 
-def _saved_model(model, config, written, encoded, images) -> list[np.ndarray]:
-  """Writes the SavedModel; returns both signatures' probabilities on the check batch."""
+def _measure(model, exported, config: config_lib.Config, run: results.FinishedRun) -> dict:
+  """The export against the Keras model on every test image the run evaluated.
+
+  `exported(encoded, images)` gives a list of probability arrays (one per
+  signature); the worst of them is reported.
+  """
+  names = [row["file_name"] for row in run.predictions]
+  labels, keras_probabilities, exported_probabilities = [], [], []
+  forward = tf.function(lambda images: model(tf.cast(images, tf.float32), training=False),
+                        reduce_retracing=True)
+  for encoded, images, label in _test_batches(config, names):
+    labels.append(label.numpy())
+    keras_probabilities.append(forward(images).numpy())
+    exported_probabilities.append(exported(encoded, images.numpy()))
+  if sum(map(len, labels)) != len(names):
+    raise ValueError(f"the dataset at {config.data_dir} holds {sum(map(len, labels))} of the "
+                     f"{len(names)} test images the run evaluated: it changed since; export "
+                     "from the dataset the run was trained on.")
+  labels = np.concatenate(labels)
+  expected = np.concatenate(keras_probabilities)
+  got = [np.concatenate(signature) for signature in zip(*exported_probabilities)]
+  return {
+      "test_images": len(labels),
+      "accuracy_test": min(float(np.mean(p.argmax(1) == labels)) for p in got),
+      "keras_accuracy_test": float(np.mean(expected.argmax(1) == labels)),
+      "run_accuracy_test": run.metrics["accuracy_test"],
+      "top1_agreement": min(float(np.mean(p.argmax(1) == expected.argmax(1))) for p in got),
+      "max_probability_difference": max(float(np.abs(p - expected).max()) for p in got)}
+
+
+def _latency_image(image_size: int) -> np.ndarray:
+  return np.random.default_rng(0).integers(0, 256, (image_size, image_size, 3)).astype(np.uint8)
+
+
+def _saved_model(model, config, written):
+  """Writes the SavedModel; returns `exported(encoded, images)` of both its signatures."""
   image_size, resize = config.image_size, config.resize
   module = tf.Module()
   module.model = model
@@ -181,57 +253,19 @@ def _saved_model(model, config, written, encoded, images) -> list[np.ndarray]:
     return {"probabilities": module.model(tf.cast(images, tf.float32), training=False)}
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-  def serve_jpeg(jpeg_bytes):
-    decoded = tf.map_fn(lambda data: input_pipeline.decode_and_resize(data, image_size, resize),
-                        jpeg_bytes, fn_output_signature=tf.uint8)
+  def serve_encoded(image_bytes):
+    decoded = tf.map_fn(
+        lambda data: input_pipeline.decode_any_and_resize(data, image_size, resize),
+        image_bytes, fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
     return serve_images(decoded)
 
   tf.saved_model.save(module, written, signatures={
-      "serving_default": serve_jpeg, "serve_images": serve_images})
+      "serving_default": serve_encoded, "serve_images": serve_images})
   loaded = tf.saved_model.load(written)
-  return [loaded.signatures["serving_default"](jpeg_bytes=encoded)["probabilities"].numpy(),
-          loaded.signatures["serve_images"](images=images)["probabilities"].numpy()]
-
-
-def _tflite(model, written, images) -> list[np.ndarray]:
-  """Writes the TFLite file; returns its probabilities on the check batch."""
-  # Converting the Keras model directly: going through the SavedModel above
-  # produced NaNs in TF 2.21's converter.
-  with open(written, "wb") as file:
-    file.write(tf.lite.TFLiteConverter.from_keras_model(model).convert())
-  interpreter = tf.lite.Interpreter(model_path=written)
-  runner = interpreter.get_signature_runner()
-  input_name = interpreter.get_signature_list()["serving_default"]["inputs"][0]
-  outputs = runner(**{input_name: tf.cast(images, tf.float32).numpy()})
-  return [next(iter(outputs.values()))]
-
-
-def _content(path: str):
-  """What an export holds: a file's SHA-256, or a folder's {relative path: SHA-256}."""
-  if not os.path.isdir(path):
-    return run_folder.sha256_of(path) if os.path.isfile(path) else None
-  files = {}
-  for folder, _, names in os.walk(path):
-    for name in names:
-      full = os.path.join(folder, name)
-      files[os.path.relpath(full, path)] = run_folder.sha256_of(full)
-  return dict(sorted(files.items()))
-
-
-def _bytes(path: str) -> int:
-  if not os.path.isdir(path):
-    return os.path.getsize(path)
-  return sum(os.path.getsize(os.path.join(folder, name))
-             for folder, _, names in os.walk(path) for name in names)
-
-
-def _read_report(out: str):
-  try:
-    with open(report_path(out)) as file:
-      report = json.load(file)
-  except (OSError, ValueError):
-    return None
-  return report if isinstance(report, dict) else None
+  by_bytes, by_images = loaded.signatures["serving_default"], loaded.signatures["serve_images"]
+  return lambda encoded, images: [
+      by_bytes(image_bytes=encoded)["probabilities"].numpy(),
+      by_images(images=tf.constant(images))["probabilities"].numpy()]
 
 
 def _put_in_place(written: str, out: str):
@@ -259,7 +293,10 @@ def main(argv):
   entry_point.no_arguments(argv)
   entry_point.quiet_logs()
   try:
-    export(_FLAGS.model_dir, _FLAGS.format, _FLAGS.out, _FLAGS.tolerance, _FLAGS.check_images)
+    export(_FLAGS.model_dir, _FLAGS.format, _FLAGS.out, quantize=_FLAGS.quantize, io=_FLAGS.io,
+           calibration_images=_FLAGS.calibration_images,
+           max_accuracy_drop=_FLAGS.max_accuracy_drop, tolerance=_FLAGS.tolerance,
+           latency_runs=_FLAGS.latency_runs)
   except ValueError as error:
     sys.exit(f"error: {error}")
 
@@ -270,8 +307,18 @@ def _define_flags():
   flags.DEFINE_string("out", None, "Output path (default RUN/export/saved_model or "
                       "RUN/export/model.tflite); an existing path is replaced only if it is "
                       "an unchanged export of ours.")
-  flags.DEFINE_float("tolerance", 1e-3, "Largest allowed probability difference.")
-  flags.DEFINE_integer("check_images", 32, "Test images to check with (at least 1).")
+  flags.DEFINE_enum("quantize", "none", list(tflite_file.QUANTIZE),
+                    "TFLite post-training quantization.")
+  flags.DEFINE_enum("io", None, list(tflite_file.IO), "TFLite input type (default uint8 for "
+                    "int8, else float32); the output is float32 probabilities.")
+  flags.DEFINE_integer("calibration_images", 200, "int8: representative images from the "
+                       "train split (seeded).")
+  flags.DEFINE_float("max_accuracy_drop", None, "Largest allowed test-accuracy drop against "
+                     "the Keras model (default 0.01 for none and float16, 0.02 for dynamic "
+                     "and int8).")
+  flags.DEFINE_float("tolerance", 1e-3, "Unquantized exports: largest allowed probability "
+                     "difference.")
+  flags.DEFINE_integer("latency_runs", 50, "Timed calls per latency figure (0: not timed).")
 
 
 if __name__ == "__main__":

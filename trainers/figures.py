@@ -97,21 +97,23 @@ def select_errors(labels: np.ndarray, probabilities: np.ndarray,
   return kept[:limit]
 
 
-def errors_png(path: str, images: Sequence[np.ndarray], captions: Sequence[str]):
+def errors_png(path: str, images: Sequence[np.ndarray], captions: Sequence[str],
+               title: str = "Most confident mistakes on the test split (true -> predicted, "
+               "probability)", empty: str = "no mistakes on the test split",
+               columns: int = 8):
   """A contact sheet of images (uint8 RGB, as the model saw them) with captions."""
   count = max(1, len(images))
-  columns = min(8, count)
+  columns = min(columns, count)
   rows = -(-count // columns)
   figure, axes_grid = pyplot().subplots(rows, columns, figsize=(2.1 * columns, 2.5 * rows),
                                          squeeze=False)
   for axes in axes_grid.ravel():
     axes.axis("off")
   if not len(images):
-    axes_grid[0, 0].text(0.5, 0.5, "no mistakes on the test split", ha="center", va="center")
+    axes_grid[0, 0].text(0.5, 0.5, empty, ha="center", va="center")
   for axes, image, caption in zip(axes_grid.ravel(), images, captions):
     axes.imshow(image)
     axes.set_title(caption, fontsize=6.5)
-  figure.suptitle("Most confident mistakes on the test split (true -> predicted, probability)",
-                  fontsize=9)
+  figure.suptitle(title, fontsize=9)
   figure.tight_layout()
   _save(figure, path, dpi=90)

@@ -58,6 +58,11 @@ def define_flags():
   flags.DEFINE_list("keep_modes", [], "Keep only these original modes (RGB).")
   flags.DEFINE_list("keep_orientations", [],
                     "Keep only landscape/portrait/squared.")
+  flags.DEFINE_string("exclude", None, "Leave these records out of training and validation: "
+                      "a CSV with a file_name column (tools.audit's audit.csv, filtered) or "
+                      "a list of file names; the list and its SHA-256 go into the config.")
+  flags.DEFINE_bool("exclude_test", False, "With --exclude: leave them out of the test split "
+                    "too.")
   flags.DEFINE_bool("fine_tune", False, "Second phase: unfreeze the backbone top.")
   flags.DEFINE_integer("fine_tune_epochs", 5, "Epochs of fine-tuning.")
   flags.DEFINE_float("fine_tune_learning_rate", 1e-5,
@@ -98,6 +103,8 @@ def config_from_flags() -> config_lib.Config:
   `overrides` is the repeated --override)."""
   values = {}
   for field in dataclasses.fields(config_lib.Config):
+    if field.name in ("exclude", "exclude_sha256"):
+      continue  # read from the --exclude file below
     value = flags.FLAGS["override" if field.name == "overrides" else field.name].value
     values[field.name] = tuple(value) if isinstance(value, list) else value
   try:
@@ -105,6 +112,8 @@ def config_from_flags() -> config_lib.Config:
   except ValueError:
     raise ValueError(f"--head_units takes integers, got {','.join(values['head_units'])}."
                      ) from None
+  if flags.FLAGS.exclude:
+    values["exclude"], values["exclude_sha256"] = config_lib.read_exclude(flags.FLAGS.exclude)
   return config_lib.Config(**values)
 
 

@@ -1,6 +1,11 @@
-r"""Classifies image files and folders with a trained run.
+r"""Classifies image files and folders with a trained run, or with its TFLite export.
 
     python -m trainers.predict --model_dir=work/runs/cnn2 photo.jpg folder/ [--json]
+    python -m trainers.predict --model=model.tflite photo.jpg folder/
+
+A TFLite file runs on LiteRT, the runtime a device runs it on, so the deployed
+artefact itself can be checked; its report `model.tflite.json` (written by
+`trainers.export`) gives its image size, crop and class names.
 
 Any format Pillow reads goes through the dataset's own conversion (RGB JPEG,
 downscaled as the run's dataset config stored its images) and the trainer's
@@ -19,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 # pylint: disable-next=g-import-not-at-top
@@ -28,8 +34,10 @@ from animals10_tfds import source  # pylint: disable=g-import-not-at-top
 from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
 from trainers import entry_point  # pylint: disable=g-import-not-at-top
 from trainers import explain  # pylint: disable=g-import-not-at-top
+from trainers import export_report  # pylint: disable=g-import-not-at-top
 from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
 from trainers import run_paths  # pylint: disable=g-import-not-at-top
+from trainers import tflite_file  # pylint: disable=g-import-not-at-top
 
 _FLAGS = flags.FLAGS
 
@@ -49,16 +57,17 @@ def expand(paths) -> list[str]:
 
 
 def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
-            explain_dir: str = None):
+            explain_dir: str = None, model: str = None):
   """Top-k predictions for each readable file.
 
   Args:
-    model_dir: a finished run folder.
+    model_dir: a finished run folder (None when `model` is given).
     paths: image files and folders.
     top_k: labels per image.
     batch_size: images per batch.
     explain_dir: if given, write a Grad-CAM picture of each image's top-1 class
-      there (`trainers.explain`), as `<file name>.png`.
+      there (`trainers.explain`), as `<file name>.png`. Run folders only.
+    model: a TFLite file exported by `trainers.export`, instead of `model_dir`.
 
   Returns:
     (results, errors): `[{path, predictions: [{label, probability}]}]` and
@@ -73,11 +82,20 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
     raise ValueError(f"--top_k must be between 1 and {len(source.LABELS)}, got {top_k}.")
   if batch_size < 1:
     raise ValueError(f"--batch_size must be at least 1, got {batch_size}.")
-  config = config_lib.load_finished(model_dir)
-  short_side = dataset_short_side(config.dataset)
+  if (model_dir is None) == (model is None):
+    raise ValueError("give either --model_dir=RUN (a run folder) or --model=FILE.tflite.")
+  if model is not None:
+    if explain_dir:
+      raise ValueError("--explain needs --model_dir: Grad-CAM needs the Keras model, which a "
+                       "TFLite file does not hold.")
+    report = export_report.tflite_report(model)
+    image_size, resize, dataset = report["image_size"], report["resize"], report["dataset"]
+  else:
+    config = config_lib.load_finished(model_dir)
+    image_size, resize, dataset = config.image_size, config.resize, config.dataset
+  short_side = dataset_short_side(dataset)
   if explain_dir:
     _check_writable(explain_dir)
-  image_size, resize = config.image_size, config.resize
   encoded, good, errors = [], [], []
   for path in expand(paths):
     try:
@@ -94,23 +112,37 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
       good.append(path)
   results = []
   if good:
-    model = keras.saving.load_model(run_paths.RunPaths(model_dir).model, safe_mode=True)
     dataset = tf.data.Dataset.from_tensor_slices(encoded).map(
-        lambda data: tf.cast(input_pipeline.decode_and_resize(data, image_size, resize),
-                             tf.float32),
+        lambda data: input_pipeline.decode_and_resize(data, image_size, resize),
         num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-    probabilities = model.predict(dataset, verbose=0)
+    if model is not None:
+      runner = tflite_file.Runner(model)
+      probabilities = np.concatenate([runner.probabilities(images.numpy())
+                                      for images in dataset])
+    else:
+      keras_model = keras.saving.load_model(run_paths.RunPaths(model_dir).model, safe_mode=True)
+      dataset = dataset.map(lambda images: tf.cast(images, tf.float32))
+      probabilities = keras_model.predict(dataset, verbose=0)
     for path, row in zip(good, probabilities):
-      best = row.argsort()[::-1][:top_k]
+      best = top_indices(row, top_k)
       results.append({"path": path, "predictions": [
           {"label": source.LABELS[index], "probability": float(row[index])} for index in best]})
     if explain_dir:
       try:
-        _explain(model, dataset, good, probabilities, explain_dir)
+        _explain(keras_model, dataset, good, probabilities, explain_dir)
       except OSError as error:
         errors.append({"path": explain_dir, "error": "explanations not written: "
                        f"{error.strerror or error}"})
   return results, errors
+
+
+def top_indices(probabilities: np.ndarray, top_k: int) -> list[int]:
+  """The classes of the k largest probabilities, largest first.
+
+  Ties (common in an int8 file's probabilities, steps of 1/256) go to the lower
+  class index, as argmax and the run's own predictions break them.
+  """
+  return [int(index) for index in np.argsort(-probabilities, kind="stable")[:top_k]]
 
 
 def dataset_short_side(dataset: str):
@@ -176,7 +208,7 @@ def main(argv):
   entry_point.quiet_logs()
   try:
     results, errors = predict(_FLAGS.model_dir, argv[1:], _FLAGS.top_k, _FLAGS.batch_size,
-                              _FLAGS.explain)
+                              _FLAGS.explain, _FLAGS.model)
   except ValueError as error:
     sys.exit(f"error: {error}")
   for item in errors:
@@ -191,7 +223,9 @@ def main(argv):
 
 
 def _define_flags():
-  flags.DEFINE_string("model_dir", None, "A finished run folder.", required=True)
+  flags.DEFINE_string("model_dir", None, "A finished run folder.")
+  flags.DEFINE_string("model", None, "Instead of --model_dir: a .tflite file written by "
+                      "trainers.export, with its report beside it.")
   flags.DEFINE_integer("top_k", 3, "Labels to show per image.")
   flags.DEFINE_bool("json", False, "Print JSON instead of a table.")
   flags.DEFINE_integer("batch_size", 32, "Images per batch.")

@@ -27,7 +27,7 @@ class Filters:
 def records(dataset_builder, split: str, filters: Filters = Filters(),
             keep_names: Optional[Sequence[str]] = None,
             input_context: Optional[tf.distribute.InputContext] = None,
-            shard_files: bool = True) -> tf.data.Dataset:
+            shard_files: bool = True, extra_keys: Sequence[str] = ()) -> tf.data.Dataset:
   """Undecoded, filtered records of a split, in a fixed order.
 
   Args:
@@ -38,6 +38,7 @@ def records(dataset_builder, split: str, filters: Filters = Filters(),
     input_context: under multi-worker training, this worker's share: whole files
       when `sharding` says so, else every N-th record.
     shard_files: False forces record sharding (equal counts per worker).
+    extra_keys: further metadata keys to parse (e.g. "phash").
 
   Returns:
     A dataset of record dicts: "image" (the encoded JPEG), "label", "file_name"
@@ -58,6 +59,7 @@ def records(dataset_builder, split: str, filters: Filters = Filters(),
   used = ["image", "label", "file_name"] + [
       key for key, allowed in (("format", filters.formats), ("mode", filters.modes),
                                ("orientation", filters.orientations)) if allowed]
+  used += [key for key in extra_keys if key not in used]
   spec = {key: tf.io.FixedLenFeature(
       [], tf.string if serialized[key].tf_dtype == tf.string else tf.int64) for key in used}
   dataset = dataset.batch(PARSE_BATCH).map(

@@ -55,6 +55,7 @@ class SplitPlan:
   filters: records_lib.Filters
   keep: dict  # split -> tuple of file names, or None
   counts: dict  # split -> int
+  excluded: dict  # split -> records left out as --exclude listed them
   class_weight: Optional[tuple[float, ...]]
   sharding: str  # of the train split over the workers: see `sharding`
   steps: int
@@ -71,7 +72,8 @@ class SplitPlan:
 
 def plan(dataset_builder, filters: records_lib.Filters, balance: str, batch_size: int,
          workers: int = 1, steps_per_epoch: int = 0,
-         allow_empty_classes: bool = False) -> SplitPlan:
+         allow_empty_classes: bool = False, exclude: Sequence[str] = (),
+         exclude_test: bool = False) -> SplitPlan:
   """Reads every split's labels and names once and plans the run's data.
 
   Args:
@@ -83,26 +85,41 @@ def plan(dataset_builder, filters: records_lib.Filters, balance: str, batch_size
     workers: input pipelines (multi-worker hosts).
     steps_per_epoch: cap on training steps per epoch; 0: one pass.
     allow_empty_classes: train although a class has no train image (else refused).
+    exclude: file names to leave out of training and validation.
+    exclude_test: leave them out of the test split too.
 
   Raises:
-    ValueError: a split left empty, a class with no train image, or a batch
-      larger than the train split.
+    ValueError: a split left empty, a class with no train image, a batch
+      larger than the train split, or an excluded name that matches no record.
   """
   class_names = tuple(dataset_builder.info.features["label"].names)
-  keep, counts, train_labels = {}, {}, None
+  keep, counts, excluded, train_labels = {}, {}, {}, None
+  unmatched = set(exclude)
   for split in SPLITS:
     labels, names = records_lib.labels_and_names(
         records_lib.records(dataset_builder, split, filters))
     keep[split] = None
+    listed = np.isin(names, list(exclude)) if exclude else np.zeros(len(names), bool)
+    unmatched -= {name for name, hit in zip(names, listed) if hit}
+    excluded[split] = 0
+    if listed.any() and (split != "test" or exclude_test):
+      excluded[split] = int(listed.sum())
+      names = [name for name, hit in zip(names, listed) if not hit]
+      labels = labels[~listed]
+      keep[split] = tuple(names)
     if balance == "undersample":
       keep[split] = tuple(undersample(labels, names, len(class_names)))
       labels = labels[np.isin(names, keep[split])]
     if not len(labels):  # pylint: disable=g-explicit-length-test
       raise ValueError(f"No {split} images left after --keep_formats/--keep_modes/"
-                       "--keep_orientations/--balance: loosen the filters.")
+                       "--keep_orientations/--balance/--exclude: loosen the filters.")
     counts[split] = len(labels)
     if split == "train":
       train_labels = labels
+  if unmatched:
+    raise ValueError(f"--exclude names {len(unmatched)} file(s) that match no record of the "
+                     f"dataset (after --keep_* filters), e.g. {sorted(unmatched)[0]!r}: fix "
+                     "the list (a typo?); nothing was trained.")
   empty = [name for name, count in zip(class_names, np.bincount(train_labels,
                                                                 minlength=len(class_names)))
            if count == 0]
@@ -121,7 +138,7 @@ def plan(dataset_builder, filters: records_lib.Filters, balance: str, batch_size
   if steps_per_epoch:
     steps = min(steps, steps_per_epoch)
   return SplitPlan(class_names=class_names, filters=filters, keep=keep, counts=counts,
-                   class_weight=class_weight,
+                   excluded=excluded, class_weight=class_weight,
                    sharding=records_lib.sharding(dataset_builder, "train", workers), steps=steps,
                    batch_size=batch_size, workers=workers)
 

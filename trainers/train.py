@@ -116,13 +116,20 @@ def _train_and_evaluate(config: config_lib.Config, strategy, role: devices.Role,
   scratch = None if role.is_chief else tempfile.mkdtemp(prefix=f"animals10-worker{role.index}-")
   try:
     dataset_builder = dataset_lib.builder(config.dataset, config.data_dir)
-    data = batches.WorkerBatches(config, strategy, dataset_builder, split_plan.plan(
+    plan = split_plan.plan(
         dataset_builder,
         records_lib.Filters(config.keep_formats, config.keep_modes, config.keep_orientations),
         config.balance, config.batch_size, role.num_workers, config.steps_per_epoch,
-        allow_empty_classes=config.allow_empty_classes))
+        allow_empty_classes=config.allow_empty_classes, exclude=config.exclude,
+        exclude_test=config.exclude_test)
+    if config.exclude and role.is_chief:
+      print(f"--exclude: left out {plan.excluded['train']} train, "
+            f"{plan.excluded['validation']} validation and {plan.excluded['test']} test "
+            f"records of the {len(config.exclude)} listed (list SHA-256 "
+            f"{config.exclude_sha256[:12]}...)", flush=True)
+    data = batches.WorkerBatches(config, strategy, dataset_builder, plan)
     with strategy.scope():
-      model = _build(config, weights)
+      model = build(config, weights)
     phases = [_Phase("train", config.epochs, config.learning_rate, 0)]
     if config.fine_tune:
       phases.append(_Phase("fine_tune", config.fine_tune_epochs,
@@ -161,7 +168,7 @@ def _train_and_evaluate(config: config_lib.Config, strategy, role: devices.Role,
   return result
 
 
-def _build(config: config_lib.Config, weights: Optional[str]) -> keras.Model:
+def build(config: config_lib.Config, weights: Optional[str]) -> keras.Model:
   """The registry model with `weights` (from `weights_lib.resolve`): None,
   "imagenet" (Keras downloads it) or a checked file, loaded after building so
   a file of another architecture is one line naming it."""

@@ -114,3 +114,25 @@ def test_bad_input_on_the_command_line_gives_one_clear_line(data_dir, tmp_path, 
   assert result.returncode != 0
   assert message in result.stderr
   assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_exclude_drops_the_listed_records_says_so_and_records_the_list(data_dir, tmp_path):
+  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
+  _, names = records_lib.labels_and_names(records_lib.records(builder, "train"))
+  listed = tmp_path / "exclude.csv"
+  listed.write_text("file_name,issue\n" + "".join(f"{name},label\n" for name in names[:2]))
+  common = ["--model=cnn2", f"--data_dir={data_dir}", "--image_size=32", "--epochs=1",
+            "--steps_per_epoch=1", "--batch_size=8", f"--exclude={listed}"]
+  result = trainer_runs.main_command(*common, f"--model_dir={tmp_path / 'run'}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "--exclude: left out 2 train, 0 validation and 0 test records of the 2 listed" in (
+      result.stdout)
+  config = config_lib.load(str(tmp_path / "run"))
+  assert config.exclude == tuple(sorted(names[:2])) and len(config.exclude_sha256) == 64
+  listed.write_text("cane/not-a-record.jpg\n")
+  typo = trainer_runs.main_command(*common, f"--model_dir={tmp_path / 'typo'}")
+  assert typo.returncode != 0 and "Traceback" not in typo.stderr
+  assert "--exclude names 1 file(s) that match no record" in typo.stderr.strip().splitlines()[-1]

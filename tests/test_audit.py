@@ -47,7 +47,7 @@ def test_leaks_are_similar_pairs_across_splits_only():
   features[4] = features[0] * 2 + 0.01  # the same photo, in another split
   features[1] = features[2] + 0.001  # near-copies within one split: no leak
   records = _records(features, splits=[0, 0, 0, 1, 2, 2], labels=[0] * 6)
-  pairs = audit.leaks(records, 0.95)
+  pairs = audit.neighbours(records, 0.95)[0]
   assert [(later, earlier) for later, earlier, _ in pairs] == [(4, 0)]
   assert pairs[0][2] > 0.99
 
@@ -58,7 +58,8 @@ def test_outliers_are_far_for_their_class():
   labels = np.repeat([0, 1], 20)
   features = centres[labels] + rng.normal(size=(40, 16)) * 0.3
   features[7] = rng.normal(size=16) * 5  # unlike anything
-  found = audit.outlier_scores(_records(features, np.zeros(40, int), labels), 3.5)
+  records = _records(features, np.zeros(40, int), labels)
+  found = audit.outliers_of(records, audit.neighbours(records, 1.1)[1], 3.5)
   assert found[0][0] == 7 and found[0][2] > 10 * max([z for _, _, z in found[1:]] + [1])
   assert [z for _, _, z in found] == sorted([z for _, _, z in found], reverse=True)
 

@@ -41,7 +41,6 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 _FLAGS = flags.FLAGS
-SPLITS = ("train", "validation", "test")
 # Cosine similarity of pooled mnv2_035 features at or above which two records of
 # different splits are reported as one photo. Calibrated on the real photos: distinct
 # photos across splits reach 0.79, copies cropped by 15 %, mirrored and re-encoded
@@ -59,7 +58,7 @@ class Records:
   """Every record of every split, in split then record order."""
 
   names: list
-  splits: np.ndarray  # index into SPLITS
+  splits: np.ndarray  # index into split_plan.SPLITS
   labels: np.ndarray
   phash: np.ndarray
   features: np.ndarray
@@ -108,8 +107,8 @@ def audit(data_dir: str, dataset: str, model: str, weights: str, image_size: int
   found = confident_learning.find(records.labels, probabilities)
   pairs, distance = neighbours(records, similarity)
   outliers = outliers_of(records, distance, outlier_z)
-  summary = audit_report.write(out, builder, config, records, probabilities, found, pairs,
-                               outliers, command=_command())
+  summary = audit_report.write(out, builder, config, records, found, pairs, outliers,
+                               command=_command())
   summary.update(extraction_seconds=extracted, seconds=time.time() - started)
   return summary
 
@@ -134,7 +133,8 @@ def _features(extractor, config, resolved, out: str, batch_size: int):
       "resize": config.resize, "dataset": results.identity("", builder, [])[
           "dataset_fingerprint"]}, sort_keys=True).encode()).hexdigest()
   names, splits, labels, phashes, features = [], [], [], [], []
-  for index, split in enumerate(SPLITS):
+  from trainers import split_plan  # pylint: disable=g-import-not-at-top
+  for index, split in enumerate(split_plan.SPLITS):
     split_records = records_lib.records(builder, split, extra_keys=("phash",))
     meta = [(record["file_name"].decode(), record["label"], record["phash"])
             for record in split_records.map(lambda r: {
@@ -280,11 +280,6 @@ def neighbours(records: Records, similarity: float):
   return sorted(pairs, key=lambda pair: (-pair[2], pair[0], pair[1])), distance
 
 
-def leaks(records: Records, similarity: float) -> list[tuple[int, int, float]]:
-  """The pairs across splits of `neighbours`."""
-  return neighbours(records, similarity)[0]
-
-
 def outliers_of(records: Records, distance: np.ndarray,
                 z_limit: float) -> list[tuple[int, float, float]]:
   """(record, k-th nearest neighbour distance, robust z) of every outlier, most first.
@@ -309,11 +304,6 @@ def outliers_of(records: Records, distance: np.ndarray,
   flagged = np.flatnonzero(z > z_limit)
   return sorted(((int(index), float(distance[index]), float(z[index])) for index in flagged),
                 key=lambda item: (-item[2], item[0]))
-
-
-def outlier_scores(records: Records, z_limit: float) -> list[tuple[int, float, float]]:
-  """`outliers_of` with the distances of `neighbours`."""
-  return outliers_of(records, neighbours(records, 1.1)[1], z_limit)
 
 
 def main(argv):

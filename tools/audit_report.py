@@ -10,8 +10,9 @@ from trainers import figures
 from trainers import input_pipeline
 from trainers import records as records_lib
 from trainers import run_folder
+from trainers import split_plan
 
-SPLITS = ("train", "validation", "test")
+SPLITS = split_plan.SPLITS
 COLUMNS = ("file_name", "split", "label", "suggested_label", "issue", "score", "partner_file",
            "partner_split", "phash_distance")
 SHEET_MAX = 40
@@ -43,10 +44,9 @@ def rows(records, found, pairs, outliers) -> list[dict]:
   return table
 
 
-def write(out: str, builder, config, records, probabilities, found, pairs, outliers,
+def write(out: str, builder, config, records, found, pairs, outliers,
           command: str = None) -> dict:
   """Writes audit.csv, audit.md and the three sheets into `out`; returns the counts."""
-  del probabilities  # in the table through `found`
   os.makedirs(out, exist_ok=True)
   table = rows(records, found, pairs, outliers)
 

@@ -75,6 +75,9 @@ def test_random_weights_are_refused_unless_allowed(data_dir, tmp_path):
                                        "--allow_random_features"):
     audit.audit(str(data_dir), "animals10_tfds/160px", "mnv2_035", "none", 32,
                 str(tmp_path / "a"))
+  with pytest.raises(ValueError, match="--outlier_z must be a number"):
+    audit.audit(str(data_dir), "animals10_tfds/160px", "mnv2_035", "none", 32,
+                str(tmp_path / "a"), outlier_z=float("nan"))
   with pytest.raises(ValueError, match="--model=cnn2 is not a transfer model"):
     audit.audit(str(data_dir), "animals10_tfds/160px", "cnn2", "none", 32, str(tmp_path))
   assert not (tmp_path / "a").exists()

@@ -92,6 +92,7 @@ def test_bad_arguments_and_unwritable_out_are_one_line(run_dir, tmp_path):
       (dict(quantize="int8", calibration_images=0), "--calibration_images must be at least 1"),
       (dict(quantize="float16", io="uint8"), "--io=uint8 needs --quantize=int8"),
       (dict(latency_runs=-1), "--latency_runs must be 0"),
+      (dict(max_accuracy_drop=float("nan")), "--max_accuracy_drop must be a number"),
   ):
     with pytest.raises(ValueError, match=message):
       export.export(str(run_dir), "tflite", str(tmp_path / "m.tflite"), **arguments)

@@ -90,6 +90,8 @@ def audit(data_dir: str, dataset: str, model: str, weights: str, image_size: int
     raise ValueError(f"--folds must be at least 2, got {folds}.")
   if not 0 < similarity <= 1:
     raise ValueError(f"--similarity must be in (0, 1], got {similarity}.")
+  if not np.isfinite(outlier_z):
+    raise ValueError(f"--outlier_z must be a number, got {outlier_z}.")
   resolved = weights_lib.resolve(model, weights, image_size)
   if resolved is None and not allow_random_features:
     raise ValueError(f"--weights={weights} gives {model} a random backbone, whose features "

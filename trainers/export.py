@@ -137,6 +137,9 @@ def export(model_dir: str, export_format: str, out: str = None, *, quantize: str
     raise ValueError(f"--latency_runs must be 0 (not timed) or more, got {latency_runs}.")
   if max_accuracy_drop is None:
     max_accuracy_drop = tflite_file.MAX_ACCURACY_DROP[quantize]
+  if not np.isfinite(max_accuracy_drop):
+    raise ValueError(f"--max_accuracy_drop must be a number, got {max_accuracy_drop}: a NaN "
+                     "would let any drop pass.")
   config = config_lib.load_finished(model_dir)
   run = results.load(model_dir)
   out = out or run_paths.RunPaths(model_dir).export(export_format)

@@ -47,8 +47,8 @@ def test_a_moved_run_folder_loads_with_its_new_path(tmp_path):
 def test_config_json_of_another_version_or_cut_short_is_one_line(tmp_path):
   config_lib.save(config_lib.Config(model="cnn2", model_dir=str(tmp_path)))
   values = json.loads((tmp_path / "config.json").read_text())
-  (tmp_path / "config.json").write_text(json.dumps(dict(values, mixup=0.2)))
-  with pytest.raises(ValueError, match=r"settings this version does not know \(mixup\)"):
+  (tmp_path / "config.json").write_text(json.dumps(dict(values, random_erasing=0.25)))
+  with pytest.raises(ValueError, match=r"settings this version does not know \(random_erasing\)"):
     config_lib.load(str(tmp_path))
   (tmp_path / "config.json").write_text('{"model": "cnn2",')
   with pytest.raises(ValueError, match="config.json is unreadable .*--flagfile="):

@@ -6,19 +6,26 @@ import pytest
 from tools import reproduce
 
 STUDY = {  # experiment: (model, epochs, batch, augment, JPEG+RGB only, fine-tune)
-    "model_01": ("cnn2", 60, 24, False, False, False),
-    "model_02": ("cnn2", 60, 24, False, True, False),
-    "model_03": ("cnn2", 60, 24, True, True, False),
-    "model_04": ("cnn4", 60, 128, True, True, False),
-    "mnv2": ("mnv2", 60, 128, False, True, False),
-    "mnv2_fine_tune": ("mnv2", 60, 128, False, True, True),
-    "enb3": ("enb3", 10, 32, False, True, False),
-    "dn121": ("dn121", 10, 32, False, True, False),
+    "model_01": ("cnn2", 60, 24, "none", False, False),
+    "model_02": ("cnn2", 60, 24, "none", True, False),
+    "model_03": ("cnn2", 60, 24, "study", True, False),  # the bare --augment
+    "model_04": ("cnn4", 60, 128, "study", True, False),
+    "mnv2": ("mnv2", 60, 128, "none", True, False),
+    "mnv2_fine_tune": ("mnv2", 60, 128, "none", True, True),
+    "enb3": ("enb3", 10, 32, "none", True, False),
+    "dn121": ("dn121", 10, 32, "none", True, False),
 }
 # Beside the study's rows: its mnv2 rows with the 0.35-wide MobileNetV2, at 160 px.
 PRESETS = {
-    "mnv2_035": ("mnv2_035", 60, 128, False, True, False),
-    "mnv2_035_fine_tune": ("mnv2_035", 60, 128, False, True, True),
+    "mnv2_035": ("mnv2_035", 60, 128, "none", True, False),
+    "mnv2_035_fine_tune": ("mnv2_035", 60, 128, "none", True, True),
+}
+# The modern recipe (issue 23): model, augmentation, mixup, fine-tune.
+MODERN = {
+    "mnv2_035_modern": ("mnv2_035", "none", 0.0, False),
+    "cnn4_modern": ("cnn4", "study", 0.2, False),
+    "enb2s_modern": ("enb2s", "randaugment", 0.2, True),
+    "convnext_tiny_modern": ("convnext_tiny", "randaugment", 0.2, True),
 }
 
 
@@ -49,8 +56,25 @@ def test_flagfile_parses_to_the_study_settings(trainer_flags, experiment):
   assert config.deterministic and config.model_dir == "RUN" and config.data_dir == "DATA"
 
 
+@pytest.mark.parametrize("experiment", sorted(MODERN))
+def test_modern_flagfiles_keep_the_studys_data_and_change_the_recipe(trainer_flags, experiment):
+  command = reproduce.command(experiment, 0, "DATA", "RUN")
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["trainers.main"] + [arg for arg in command if arg.startswith("--")])
+  config = trainer_flags.config_from_flags()
+  model, augment, mixup, fine_tune = MODERN[experiment]
+  assert (config.model, config.augment, config.mixup, config.fine_tune) == (
+      model, augment, mixup, fine_tune)
+  assert (config.balance, config.keep_formats, config.keep_modes) == (
+      "undersample", ("JPEG",), ("RGB",))
+  assert (config.label_smoothing, config.optimizer, config.weight_decay, config.schedule) == (
+      0.1, "adamw", 0.05, "cosine")
+  assert config.warmup_epochs >= 1 and config.ema and config.tta
+  assert config.early_stopping_patience == 0  # the schedule runs to its end
+
+
 def test_every_study_row_and_preset_has_a_flagfile():
-  assert reproduce.available() == sorted({**STUDY, **PRESETS})
+  assert reproduce.available() == sorted({**STUDY, **PRESETS, **MODERN})
 
 
 def test_quick_and_weights_override_come_after_the_flagfile():

@@ -12,6 +12,7 @@ from trainers import explain
 from trainers import figures
 from trainers import models
 from trainers import predict
+from trainers import recipe
 
 
 def _patch_images(rng, sides):
@@ -80,7 +81,7 @@ def test_explain_writes_a_picture_per_image_for_a_saved_transfer_model(sample_di
   run = tmp_path / "run"
   run.mkdir()
   model = models.build_model(name, 32, weights=None)
-  models.compile_for_saving(model)
+  recipe.compile_for_saving(model)
   model.save(run / "model.keras")
   config_lib.save(config_lib.Config(model=name, model_dir=str(run), image_size=32))
   folder = sample_dir / "raw-img" / "gatto"

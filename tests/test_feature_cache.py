@@ -104,7 +104,13 @@ def test_killed_during_extraction_the_same_command_resumes_to_the_same_result(
 
 @pytest.mark.parametrize("overrides,phase,reason", [
     (dict(), "train", None),
-    (dict(augment=True), "train", "--augment"),
+    (dict(augment="study"), "train", "--augment=study"),
+    (dict(augment="randaugment"), "train", "--augment=randaugment"),
+    (dict(mixup=0.2), "train", "--mixup"),
+    (dict(cutmix=1.0), "train", "--cutmix"),
+    # The recipe of the head's training leaves the backbone's output unchanged.
+    (dict(label_smoothing=0.1, optimizer="adamw", weight_decay=0.05, schedule="cosine",
+          warmup_epochs=1, ema=True, tta=True), "train", None),
     (dict(cache_features=False), "train", "--nocache_features"),
     (dict(model="cnn2"), "train", "no frozen backbone"),
     (dict(fine_tune=True), "fine_tune", "top trains"),

@@ -38,7 +38,8 @@ def test_run_folder_has_the_study_columns_and_reruns_from_its_flagfile(data_dir,
   for name in ("confusion.png", "per_class.png", "errors.png"):
     Image.open(run / name).verify()  # a whole, valid PNG
   rows = (run / "predictions.csv").read_text().splitlines()
-  assert rows[0] == "file_name,label,prediction" and len(rows) == metrics["test_images"] + 1
+  assert rows[0] == "file_name,label,prediction,evaluation"
+  assert len(rows) == metrics["test_images"] + 1
   modes = {str(path.relative_to(run)): stat.S_IMODE(path.stat().st_mode)
            for path in run.rglob("*") if path.is_file()}
   assert set(modes.values()) == {run_folder.file_mode()}, modes  # the umask's, not 0600
@@ -102,7 +103,8 @@ def test_sigterm_says_how_to_resume_and_a_lost_config_json_guards_the_backups(da
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--model=resnet"], "value should be one of <cnn2|cnn4|mnv2|mnv2_035|enb3|dn121>"),
+    (["--model=resnet"], "value should be one of <cnn2|cnn4|mnv2|mnv2_035|enb3|dn121|enb2s|"
+                         "convnext_tiny|resnet50v2>"),
     (["--model=cnn2", "--strategy=mirrored", "--virtual_devices=2", "--batch_size=15"],
      "does not divide by the 2 replicas"),
     (["--model=cnn2", "--head_units=big"], "--head_units takes integers"),

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from trainers import explain
 from trainers import models
 
 
@@ -14,7 +15,12 @@ def _built_and_predicted(name):
   return model, batch, model.predict(batch, verbose=0)
 
 
-@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+BEYOND_THE_STUDY = ("enb2s", "convnext_tiny", "resnet50v2")  # 20-28M parameters: slow to build
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in BEYOND_THE_STUDY else name
+    for name in sorted(models.REGISTRY)])
 def test_each_model_gives_ten_probabilities_that_sum_to_one(name):
   _, _, probabilities = _built_and_predicted(name)
   assert probabilities.shape == (2, 10)
@@ -89,3 +95,39 @@ def test_backbone_runs_in_inference_mode_while_the_model_trains():
   augmented = models.build_model("enb3", size, weights=None, augment=True)
   augmented.set_weights(model.get_weights())
   assert np.abs(augmented(batch, training=True).numpy() - inference).max() > 1e-4
+
+
+@pytest.mark.slow  # three large backbones: about 35 s (CI runs it)
+@pytest.mark.parametrize("name", BEYOND_THE_STUDY)
+def test_beyond_the_study_backbones_split_at_the_pool_and_explain(name):
+  model = models.build_model(name, 32, weights=None)
+  batch = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+  extractor, head = models.split_at_pool(model)  # the feature cache's cut
+  np.testing.assert_allclose(head(extractor(batch)).numpy(), model(batch).numpy(), atol=1e-5)
+  heat, top = explain.grad_cam(model, batch)
+  assert heat.shape == (2, 32, 32) and np.isfinite(heat).all() and top.shape == (2,)
+
+
+@pytest.mark.parametrize("name,trains", [("convnext_tiny", keras.layers.LayerNormalization),
+                                         ("resnet50v2", keras.layers.Conv2D)])
+def test_fine_tuning_trains_layernorm_but_never_batchnorm(name, trains):
+  model = models.build_model(name, 32, weights=None)
+  models.unfreeze_top(model, 40)
+  top = models.backbone_of(model).layers[-40:]
+  assert any(isinstance(layer, trains) and layer.trainable for layer in top)
+  assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+                 for layer in top)
+
+
+@pytest.mark.slow  # three large conversions: about 2 min (CI runs it)
+@pytest.mark.parametrize("name,augment", [("enb2s", "none"), ("convnext_tiny", "none"),
+                                          ("resnet50v2", "none"), ("cnn2", "randaugment")])
+def test_beyond_the_study_models_export_to_tflite_with_the_same_output(name, augment,
+                                                                       tmp_path):
+  from trainers import tflite_file  # pylint: disable=g-import-not-at-top
+  model = models.build_model(name, 32, weights=None, augment=augment)
+  batch = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
+  path = tmp_path / f"{name}.tflite"
+  path.write_bytes(tflite_file.convert(model))
+  np.testing.assert_allclose(tflite_file.Runner(str(path)).probabilities(batch),
+                             model.predict(batch.astype("float32"), verbose=0), atol=1e-4)

@@ -183,6 +183,7 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
   from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
   from trainers import split_plan  # pylint: disable=g-import-not-at-top
   from trainers import models  # pylint: disable=g-import-not-at-top
+  from trainers import recipe  # pylint: disable=g-import-not-at-top
   precision = devices.resolve_precision("auto", "auto")
   keras.mixed_precision.set_global_policy(precision)
   builder = dataset_lib.builder("animals10_tfds/160px", data_dir)
@@ -191,7 +192,7 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
       batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1, image_size=image_size,
       record_bytes=records_lib.mean_record_bytes(builder))
   model = models.build_model(model_name, image_size, weights=None)
-  models.compile_for_training(model, 1e-3)
+  recipe.compile_for_training(model, recipe.Recipe(1e-3))
   plain = _timed_fit(model, input_pipeline.training_batches(records, stream), steps, passes)
   extractor, head = models.split_at_pool(model)
   plan = split_plan.EvalPlan(steps * batch_size, batch_size)
@@ -205,7 +206,7 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
   labels, _ = records_lib.labels_and_names(records)
   feature_set = tf.data.Dataset.from_tensor_slices(
       (features.astype(np.float32)[:len(labels)], labels))
-  models.compile_for_training(head, 1e-3)
+  recipe.compile_for_training(head, recipe.Recipe(1e-3))
   head_rate = _timed_fit(head, input_pipeline.feature_training_batches(feature_set, stream),
                          steps, passes)
   train = builder.info.splits["train"].num_examples

@@ -8,7 +8,7 @@ One run folder per experiment and seed (OUT/<experiment>/seed_<n>), each a
 `trainers.main` run from trainers/experiments/<experiment>.flags. Finished runs
 are left as they are (the trainer says so, and refuses one of other settings)
 and killed ones resume, so an interrupted reproduction continues.
-`--quick` trains 2 epochs of 3 steps (and 1 fine-tuning epoch): a smoke run.
+`--quick` trains 2 epochs of 3 steps (and 1 fine-tuning epoch, no warm-up): a smoke run.
 
 Trainer flags after `--` override the flagfiles' in every run, for data the
 study's settings do not fit; e.g. on a set where some classes are all PNG:
@@ -31,7 +31,7 @@ from trainers import run_lock
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "trainers", "experiments")
 QUICK = ("--epochs=2", "--steps_per_epoch=3", "--fine_tune_epochs=1",
-         "--early_stopping_patience=0")
+         "--early_stopping_patience=0", "--warmup_epochs=0")  # no warm-up: 2 epochs are short
 
 _FLAGS = flags.FLAGS
 

@@ -45,6 +45,8 @@ class WorkerBatches:
           resize=self.config.resize, cache_decoded=self.config.cache,
           deterministic=self.config.deterministic, class_weight=self.plan.class_weight,
           replica_batch_size=self._replica_batch(input_context),
+          mixup=self.config.mixup, cutmix=self.config.cutmix,
+          num_classes=len(self.class_names),
           record_bytes=records_lib.mean_record_bytes(self.builder))
       if features is not None:
         return input_pipeline.feature_training_batches(features.dataset(), stream)

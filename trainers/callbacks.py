@@ -83,7 +83,9 @@ class Backup(keras.callbacks.BackupAndRestore):
   epoch and the SHA-256 of those weights. A kill or a full disk at any point
   leaves at least one pair whose metadata matches its weights: `restore_pairs`
   finds it. A full disk is found before the weights are written (h5py does not
-  fail cleanly halfway) and stops the run with one line.
+  fail cleanly halfway) and stops the run with one line. The metadata also holds
+  the augmentation layers' seed-generator states, which Keras's weights files
+  leave out, so a resumed run draws the augmentations an uninterrupted one would.
   """
 
   def __init__(self, backup_dir: str, settings_sha256: Optional[str] = None):
@@ -103,7 +105,25 @@ class Backup(keras.callbacks.BackupAndRestore):
     run_folder.write_json(metadata, {"epoch": self._current_epoch,
                                      "batch": self._last_batch_seen,
                                      "weights_sha256": run_folder.sha256_of(weights),
-                                     "settings_sha256": self.settings_sha256})
+                                     "settings_sha256": self.settings_sha256,
+                                     "seed_states": [[int(value) for value in state.numpy()]
+                                                     for state in seed_states(self.model)]})
+
+
+def seed_states(model: keras.Model) -> list:
+  """The seed-generator state variables of a model's random layers, in layer order."""
+  return [variable for variable in model.non_trainable_variables
+          if variable.path.endswith("seed_generator_state")]
+
+
+def _restore_seed_states(model: keras.Model, metadata: str):
+  """Puts back the seed states a backup's metadata recorded (none in older backups)."""
+  with open(metadata) as file:
+    recorded = json.load(file).get("seed_states")
+  states = seed_states(model)
+  if recorded is not None and len(recorded) == len(states):
+    for state, value in zip(states, recorded):
+      state.assign(np.asarray(value, dtype=state.dtype))
 
 
 def _weights_bytes(model: keras.Model, previous: str) -> int:
@@ -310,6 +330,7 @@ def restored_epoch(model, backup_dir: str, strategy) -> int:
       run_folder.atomic_copy(pair_metadata, metadata)
       print(f"info: {weights} cannot be used; resuming from the previous backup, after "
             f"epoch {epoch}.", flush=True)
+    _restore_seed_states(model, metadata)
     return epoch
   raise ValueError(f"the backup {weights} cannot be loaded ({', '.join(errors)}) and neither "
                    f"can its previous copy: delete {backup_dir} to train this phase again "

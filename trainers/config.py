@@ -23,6 +23,11 @@ RESIZE_MODES = ("crop", "stretch")
 BALANCE_MODES = ("none", "undersample", "class_weight")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+# --augment: none; study (flips, small rotations, zoom, contrast: the bare flag, as the
+# study's flagfiles say it); randaugment (Keras's RandAugment, 2 ops at factor 0.5).
+AUGMENT_POLICIES = ("none", "study", "randaugment")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
 # Largest --image_size: past it one batch of activations of any registry model
 # needs tens of GB (the ImageNet backbones were trained at 224-600 px).
 MAX_IMAGE_SIZE = 1024
@@ -42,7 +47,7 @@ class Config:
   epochs: int = 10
   learning_rate: float = 1e-3
   early_stopping_patience: int = 0  # 0: no early stopping
-  augment: bool = False
+  augment: str = "none"  # one of AUGMENT_POLICIES
   balance: str = "none"
   keep_formats: tuple[str, ...] = ()
   keep_modes: tuple[str, ...] = ()
@@ -69,6 +74,17 @@ class Config:
   exclude: tuple[str, ...] = ()
   exclude_sha256: str = ""
   exclude_test: bool = False
+  # The modern recipe (issue 23); each default is the study's recipe.
+  label_smoothing: float = 0.0
+  optimizer: str = "adam"
+  weight_decay: float = 0.0  # decoupled (AdamW); needs --optimizer=adamw
+  schedule: str = "constant"  # the learning rate over each phase
+  warmup_epochs: int = 0  # of each phase, from 0 up to its learning rate
+  mixup: float = 0.0  # MixUp's alpha; 0: off
+  cutmix: float = 0.0  # CutMix's alpha; 0: off
+  ema: bool = False  # evaluate and save the exponential moving average of the weights
+  ema_momentum: float = 0.99
+  tta: bool = False  # evaluate on each test image and its mirror image, averaged
   # Recorded only: the flags tools.reproduce put after an experiment's flagfile.
   overrides: tuple[str, ...] = ()
 
@@ -111,7 +127,8 @@ def _check(config: Config):
   if config.exclude_test and not config.exclude:
     raise ValueError("--exclude_test needs --exclude=FILE (the records to leave out).")
   choices = {"resize": RESIZE_MODES, "balance": BALANCE_MODES,
-             "precision": PRECISIONS, "strategy": STRATEGIES}
+             "precision": PRECISIONS, "strategy": STRATEGIES, "augment": AUGMENT_POLICIES,
+             "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
   for name, allowed in choices.items():
     if getattr(config, name) not in allowed:
       raise ValueError(f"--{name}={getattr(config, name)} is not one of "
@@ -133,12 +150,43 @@ def _check(config: Config):
       raise ValueError(f"--{name} must be a positive number, got {value}.")
   if config.fine_tune and (config.fine_tune_epochs < 1 or config.fine_tune_layers < 1):
     raise ValueError("--fine_tune needs --fine_tune_epochs and --fine_tune_layers >= 1.")
+  _check_recipe(config)
   if any(units < 1 for units in config.head_units):
     raise ValueError(f"--head_units must be positive, got {config.head_units}.")
   if config.cluster_timeout <= 0:
     raise ValueError(f"--cluster_timeout must be positive, got {config.cluster_timeout}.")
   if config.strategy == "tpu" and not config.tpu:
     raise ValueError("--strategy=tpu needs --tpu=NAME_OR_ADDRESS.")
+
+
+def _check_recipe(config: Config):
+  """The modern recipe's flags: ranges, and combinations that would mean nothing."""
+  bounded = {"label_smoothing": (0, 1), "mixup": (0, math.inf), "cutmix": (0, math.inf),
+             "weight_decay": (0, math.inf), "ema_momentum": (0, 1)}
+  for name, (low, high) in bounded.items():
+    value = getattr(config, name)
+    if not low <= value < high:  # NaN fails every comparison
+      raise ValueError(f"--{name} must be in [{low}, {high}), got {value}.")
+  if config.optimizer == "adam" and config.weight_decay:
+    raise ValueError(f"--weight_decay={config.weight_decay} needs --optimizer=adamw (decoupled "
+                     "weight decay); --optimizer=adam takes none.")
+  if config.optimizer == "adamw" and not config.weight_decay:
+    raise ValueError("--optimizer=adamw needs --weight_decay above 0 (0.05 is common): with "
+                     "none it is --optimizer=adam.")
+  if config.warmup_epochs < 0:
+    raise ValueError(f"--warmup_epochs must be 0 or more, got {config.warmup_epochs}.")
+  if config.warmup_epochs and config.schedule == "constant":
+    raise ValueError("--warmup_epochs needs --schedule=cosine (the warm-up leads into its "
+                     "decay).")
+  phases = [("epochs", config.epochs)]
+  if config.fine_tune:
+    phases.append(("fine_tune_epochs", config.fine_tune_epochs))
+  for name, epochs in phases:
+    if config.warmup_epochs >= epochs:
+      raise ValueError(f"--warmup_epochs={config.warmup_epochs} leaves no epoch of --{name}="
+                       f"{epochs} to decay in: use fewer warm-up epochs.")
+  if config.ema_momentum != Config.ema_momentum and not config.ema:
+    raise ValueError("--ema_momentum needs --ema.")
 
 
 # Settings a run may resume with changed: where it runs, how fast, and for how
@@ -152,8 +200,13 @@ RESUMABLE_CHANGES = ("model_dir", "data_dir", "strategy", "tpu", "virtual_device
 SAME_EXPERIMENT_EXCEPT = ("seed", "model_dir", "data_dir", "strategy", "tpu",
                           "virtual_devices", "cluster_timeout", "cache", "cache_features",
                           "allow_empty_classes", "overrides")
-# Settings added after runs existed: hashed only when set.
-ADDED_UNSET_UNHASHED = ("exclude", "exclude_sha256", "exclude_test")
+# Settings added after runs existed: hashed only when not at their default, so
+# the runs of older versions keep their settings hash.
+ADDED_UNSET_UNHASHED = ("exclude", "exclude_sha256", "exclude_test", "label_smoothing",
+                        "optimizer", "weight_decay", "schedule", "warmup_epochs", "mixup",
+                        "cutmix", "ema", "ema_momentum", "tta")
+# --augment was a bool before it took a policy: hashed as one for these two.
+_AUGMENT_AS_BOOL = {"none": False, "study": True}
 # The key under which backups, cached features, clocks and metrics.json record
 # the `settings_sha256` of the run that made them.
 SETTINGS_KEY = "settings_sha256"
@@ -167,9 +220,13 @@ def settings_sha256(config: Config) -> str:
   """
   values = {name: value for name, value in dataclasses.asdict(config).items()
             if name not in RESUMABLE_CHANGES}
+  if config.schedule != "constant":  # the schedule spans each phase: its length is fixed
+    values.update(epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)
+  defaults = {field.name: field.default for field in dataclasses.fields(Config)}
   for name in ADDED_UNSET_UNHASHED:  # so runs of older versions keep their hash
-    if not values[name]:
+    if values[name] == defaults[name]:
       del values[name]
+  values["augment"] = _AUGMENT_AS_BOOL.get(values["augment"], values["augment"])
   return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
@@ -266,8 +323,11 @@ def check_finished(config: Config, metrics: dict):
 
 def _changes(before: Config, now: Config) -> list[str]:
   """`--name=old before, new now` for each setting that may not change on a resume."""
+  resumable = RESUMABLE_CHANGES
+  if now.schedule != "constant":  # the schedule spans each phase: its length is fixed
+    resumable = tuple(name for name in resumable if name not in ("epochs", "fine_tune_epochs"))
   return [f"--{name}={getattr(before, name)!r} before, {getattr(now, name)!r} now"
-          for name in dataclasses.asdict(now) if name not in RESUMABLE_CHANGES
+          for name in dataclasses.asdict(now) if name not in resumable
           and getattr(now, name) != getattr(before, name)]
 
 
@@ -302,6 +362,8 @@ def load(model_dir: str) -> Config:
   if unknown:
     raise ValueError(f"{path} has settings this version does not know ({', '.join(unknown)}): "
                      "use the version of this code that trained it.")
+  if isinstance(values.get("augment"), bool):  # written before --augment took a policy
+    values["augment"] = "study" if values["augment"] else "none"
   hints = typing.get_type_hints(Config)
   for name, value in values.items():
     if typing.get_origin(hints[name]) is tuple:

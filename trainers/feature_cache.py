@@ -50,8 +50,11 @@ def reason_not_cached(config, phase: str, images_trained: int,
     return f"{config.model} has no frozen backbone"
   if phase != "train":
     return "the backbone's top trains in this phase"
-  if config.augment:
-    return "--augment changes the backbone's input every epoch"
+  if config.augment != "none":
+    return f"--augment={config.augment} changes the backbone's input every epoch"
+  for name in ("mixup", "cutmix"):
+    if getattr(config, name):
+      return f"--{name} mixes the backbone's input images every step"
   if images_trained < train_images:
     return (f"it trains on {images_trained} images, fewer than one pass over the "
             f"{train_images} of the train split")

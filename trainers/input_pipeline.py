@@ -10,6 +10,7 @@ models; nothing is loaded into NumPy.
 import dataclasses
 from typing import Optional
 
+import keras
 import tensorflow as tf
 
 from trainers import split_plan
@@ -135,6 +136,9 @@ class TrainingStream:
       replicas fed by one pipeline, as `distribute_datasets_from_function` wants).
     record_bytes: mean size of a record (`mean_record_bytes`), to size the
       shuffle buffer; None: the largest buffer.
+    mixup: MixUp's alpha (0: off); labels become class distributions.
+    cutmix: CutMix's alpha (0: off); with mixup, each batch takes one of the two.
+    num_classes: the depth of those distributions.
   """
 
   batch_size: int
@@ -149,6 +153,9 @@ class TrainingStream:
   class_weight: Optional[tuple[float, ...]] = None
   replica_batch_size: Optional[int] = None
   record_bytes: Optional[float] = None
+  mixup: float = 0.0
+  cutmix: float = 0.0
+  num_classes: int = 10
 
   def shuffle_buffer(self) -> int:
     """Elements in the shuffle buffer: as many as fit in SHUFFLE_BUFFER_BYTES.
@@ -205,9 +212,52 @@ def _training(elements: tf.data.Dataset, stream: TrainingStream,
   if stream.class_weight is not None:
     weights = tf.constant(stream.class_weight, tf.float32)
     batches = batches.map(lambda image, label: (image, label, tf.gather(weights, label)))
+  if stream.mixup or stream.cutmix:
+    batches = _mixed(batches, stream)
   if stream.replica_batch_size and stream.replica_batch_size != stream.batch_size:
     batches = batches.rebatch(stream.replica_batch_size, drop_remainder=True)
   return _finish(batches.map(_to_float, num_parallel_calls=AUTOTUNE), stream.deterministic)
+
+
+# Seed-generator draws a batch may use: each batch's draws start at its index
+# times this, so no two batches share one.
+_DRAWS_PER_BATCH = 1000
+
+
+def _mixed(batches: tf.data.Dataset, stream: TrainingStream) -> tf.data.Dataset:
+  """Batches mixed by Keras's MixUp or CutMix, labels one-hot then mixed.
+
+  Each batch's randomness is keyed by the run's seed and the batch's index in the
+  whole run (the layer's seed generator is set to it before the call, in a
+  sequential map), so a resumed run mixes exactly as an uninterrupted one did.
+  A mixed example keeps the class weight of the image it is mixed into.
+  """
+  layers = []
+  if stream.mixup:
+    layers.append(keras.layers.MixUp(alpha=stream.mixup))
+  if stream.cutmix:
+    layers.append(keras.layers.CutMix(factor=stream.cutmix))
+
+  def mix(index, batch):
+    images, labels, *weights = batch
+    images = tf.cast(images, tf.float32)
+    labels = tf.one_hot(labels, stream.num_classes)
+
+    def mixed_by(layer):
+      def run():
+        state = layer.generator.state
+        state.assign(tf.stack([tf.cast(stream.seed, state.dtype),
+                               tf.cast(index, state.dtype) * _DRAWS_PER_BATCH]))
+        mixed = layer({"images": images, "labels": labels}, training=True)
+        return tf.cast(mixed["images"], tf.float32), tf.cast(mixed["labels"], tf.float32)
+      return run
+    choice = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(stream.seed, tf.int64),
+                                                             index]),
+                                         maxval=len(layers), dtype=tf.int32)
+    images, labels = tf.switch_case(choice, [mixed_by(layer) for layer in layers])
+    return (images, labels, *weights)
+  first = stream.first_epoch * stream.steps_per_epoch
+  return batches.enumerate(start=first).map(mix)
 
 
 def eval_batches(records: tf.data.Dataset, plan: split_plan.EvalPlan, *, image_size: int,

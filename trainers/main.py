@@ -50,7 +50,7 @@ def define_flags():
   flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
   flags.DEFINE_integer("early_stopping_patience", 0,
                        "Stop after this many epochs without val_loss gain; 0: off.")
-  flags.DEFINE_bool("augment", False, "Flips, rotations, zoom, contrast in the model.")
+  flags.DEFINE_flag(_AugmentFlag())
   flags.DEFINE_enum("balance", "none", config_lib.BALANCE_MODES,
                     "undersample: cut every class to the smallest (every split); "
                                                                    "class_weight: weight the loss.")
@@ -92,10 +92,52 @@ def define_flags():
   flags.DEFINE_multi_string(
       "override", [], "Recorded in config.json only: a flag tools.reproduce put after an "
       "experiment's flagfile (it sets nothing itself).")
+  flags.DEFINE_float("label_smoothing", 0.0, "Spread this much of each label's weight over "
+                     "every class (0.1 is timm's default).")
+  flags.DEFINE_enum("optimizer", "adam", config_lib.OPTIMIZERS,
+                    "adamw: Adam with decoupled --weight_decay (none on biases and "
+                    "normalization).")
+  flags.DEFINE_float("weight_decay", 0.0, "AdamW's decoupled weight decay (0.05 is common).")
+  flags.DEFINE_enum("schedule", "constant", config_lib.SCHEDULES,
+                    "The learning rate over each phase: constant, or a linear warm-up of "
+                    "--warmup_epochs then a cosine decay to 0 at the phase's end.")
+  flags.DEFINE_integer("warmup_epochs", 0, "With --schedule=cosine: warm-up epochs of each "
+                       "phase.")
+  flags.DEFINE_float("mixup", 0.0, "MixUp alpha (0.2 is common); 0: off. Mixes images and "
+                     "labels in the batch stream.")
+  flags.DEFINE_float("cutmix", 0.0, "CutMix alpha (1.0 is common); 0: off. With --mixup, "
+                     "each batch takes one of the two.")
+  flags.DEFINE_bool("ema", False, "Keep an exponential moving average of the weights; "
+                    "evaluation and model.keras use it.")
+  flags.DEFINE_float("ema_momentum", 0.99, "With --ema: the average's momentum per step.")
+  flags.DEFINE_bool("tta", False, "Evaluate each test image and its mirror image, averaged; "
+                    "metrics.json keeps the plain figures too.")
   flags.DEFINE_bool(
       "allow_empty_classes", False, "Train although a class has no image in the train split "
       "(refused otherwise: a 10-way model that never saw a class is rarely meant).")
   flags.mark_flags_as_required(["model"])
+
+
+class _AugmentFlag(flags.Flag):
+  """--augment=POLICY; the bare --augment is `study` (as the study's flagfiles say it),
+  --noaugment is `none`."""
+
+  def __init__(self):
+    super().__init__(
+        flags.EnumParser(config_lib.AUGMENT_POLICIES + ("true", "false")),
+        flags.ArgumentSerializer(), "augment", "none",
+        "Augmentation inside the model, in training: none; study (flips, small rotations, "
+        "zoom, contrast; the bare --augment); randaugment (Keras's RandAugment).",
+        boolean=True)
+
+  def _parse(self, argument):
+    if isinstance(argument, bool):
+      argument = str(argument).lower()
+    value = super()._parse(argument)
+    return {"true": "study", "false": "none"}.get(value, value)
+
+  def _serialize(self, value):
+    return "--noaugment" if value == "none" else f"--augment={value}"
 
 
 def config_from_flags() -> config_lib.Config:

@@ -34,6 +34,13 @@ class ModelSpec:
   # The name Keras gives the ImageNet weights file (no top) at an input size, in
   # $KERAS_HOME/models (see `trainers.weights`); None for the CNNs.
   imagenet_file: Optional[Callable[[int], str]] = None
+  # Layer types that stay frozen when the backbone's top is fine-tuned. BatchNorm
+  # does, everywhere: its moving statistics stay in use (inference mode), and batch
+  # statistics of small batches would wreck them. ConvNeXt has none: its
+  # LayerNormalization keeps no statistics, normalizes each image alone, and
+  # behaves the same in training and inference, so its scale and offset train
+  # with the layers around them, as in ConvNeXt's own fine-tuning recipe.
+  frozen_when_fine_tuning: tuple = (keras.layers.BatchNormalization,)
 
 
 def _rescale_unit():
@@ -75,21 +82,47 @@ REGISTRY = {
     "dn121": ModelSpec(
         keras.applications.DenseNet121, 32, _imagenet_normalize,
         imagenet_file=lambda _: "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # Beyond the study (issue 23). EfficientNetV2S and ConvNeXt-Tiny take [0, 255]
+    # and normalize inside the application; ResNet50V2 wants [-1, 1]. Each
+    # downsamples 32x, so 32 px leaves one position at the pooling layer.
+    "enb2s": ModelSpec(keras.applications.EfficientNetV2S, 32, lambda: [],
+                       imagenet_file=lambda _: "efficientnetv2-s_notop.h5"),
+    "convnext_tiny": ModelSpec(keras.applications.ConvNeXtTiny, 32, lambda: [],
+                               imagenet_file=lambda _: "convnext_tiny_notop.h5"),
+    "resnet50v2": ModelSpec(
+        keras.applications.ResNet50V2, 32, _rescale_symmetric,
+        imagenet_file=lambda _: "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 
 
-def augmentation(seed: int) -> keras.Sequential:
-  """Flips, small rotations, zoom and contrast; active only in training."""
-  return keras.Sequential([
-      keras.layers.RandomFlip("horizontal", seed=seed),
-      keras.layers.RandomRotation(0.05, seed=seed + 1),
-      keras.layers.RandomZoom(0.1, seed=seed + 2),
-      keras.layers.RandomContrast(0.1, seed=seed + 3),
-  ], name="augmentation")
+# RandAugment's magnitude, in Keras's scale (see `augmentation`).
+RANDAUGMENT_FACTOR = 0.5
+
+
+def augmentation(seed: int, policy: str = "study") -> keras.Sequential:
+  """The augmentation block of a policy; active only in training.
+
+  study: flips, small rotations, zoom and contrast. randaugment: a horizontal
+  flip, then Keras's RandAugment: 2 operations of 11 per batch at its default
+  factor, 0.5 (rotations up to 180 degrees, shifts and shears up to half the
+  image, posterization to 4 bits: stronger than timm's rand-m9-n2).
+  """
+  if policy == "randaugment":
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed),
+              keras.layers.RandAugment(value_range=(0, 255), num_ops=2,
+                                       factor=RANDAUGMENT_FACTOR, seed=seed + 1)]
+  elif policy == "study":
+    layers = [keras.layers.RandomFlip("horizontal", seed=seed),
+              keras.layers.RandomRotation(0.05, seed=seed + 1),
+              keras.layers.RandomZoom(0.1, seed=seed + 2),
+              keras.layers.RandomContrast(0.1, seed=seed + 3)]
+  else:
+    raise ValueError(f"--augment={policy} is not one of study, randaugment.")
+  return keras.Sequential(layers, name="augmentation")
 
 
 def build_model(name: str, image_size: int, *, head_units: Sequence[int] = (128,),
-                augment: bool = False, weights: Optional[str] = None,
+                augment: str = "none", weights: Optional[str] = None,
                 seed: int = 0) -> keras.Model:
   """Builds a registry model (uncompiled).
 
@@ -97,7 +130,8 @@ def build_model(name: str, image_size: int, *, head_units: Sequence[int] = (128,
     name: a key of `REGISTRY`.
     image_size: input height and width.
     head_units: sizes of the Dense layers before the output.
-    augment: put the augmentation block in front.
+    augment: the augmentation policy in front ("none", "study", "randaugment";
+      True means "study").
     weights: backbone weights: "imagenet", None, or a weights file; for the CNNs
       a file of the whole model's weights.
     seed: seed of the augmentation layers.
@@ -112,7 +146,8 @@ def build_model(name: str, image_size: int, *, head_units: Sequence[int] = (128,
     raise ValueError(f"--image_size={image_size} is below {name}'s minimum of "
                      f"{spec.min_size} px.")
   inputs = keras.Input((image_size, image_size, 3), name="image")
-  features = augmentation(seed)(inputs) if augment else inputs
+  policy = {True: "study", False: "none"}.get(augment, augment)
+  features = augmentation(seed, policy)(inputs) if policy != "none" else inputs
   for layer in spec.preprocessing():
     features = layer(features)
   if spec.backbone is None:
@@ -150,17 +185,20 @@ def backbone_of(model: keras.Model) -> Optional[keras.Model]:
 
 
 def unfreeze_top(model: keras.Model, layers: int):
-  """Makes the top `layers` layers of the backbone trainable, BatchNorm excepted.
+  """Makes the top `layers` layers of the backbone trainable, except the types its
+  spec keeps frozen (`ModelSpec.frozen_when_fine_tuning`: BatchNorm).
 
   The model must be compiled again afterwards for the change to take effect.
   """
   backbone = backbone_of(model)
   if backbone is None:
     raise ValueError(f"--fine_tune needs a transfer model; {model.name} has no backbone.")
+  frozen = REGISTRY[model.name].frozen_when_fine_tuning if model.name in REGISTRY else (
+      keras.layers.BatchNormalization,)
   backbone.trainable = True
   for index, layer in enumerate(backbone.layers):
     top = index >= len(backbone.layers) - layers
-    layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+    layer.trainable = top and not isinstance(layer, frozen)
 
 
 def split_at_pool(model: keras.Model) -> tuple[keras.Model, keras.Model]:
@@ -177,32 +215,3 @@ def split_at_pool(model: keras.Model) -> tuple[keras.Model, keras.Model]:
   for layer in model.layers[model.layers.index(pool) + 1:]:
     outputs = layer(outputs)
   return extractor, keras.Model(features, outputs, name=f"{model.name}_head")
-
-
-@keras.saving.register_keras_serializable(package="animals10")
-class MaskedAccuracy(keras.metrics.SparseCategoricalAccuracy):
-  """Accuracy over the examples whose sample weight is positive, each once.
-
-  Evaluation pads its last batch with weight-0 examples (see
-  `split_plan.EvalPlan`); class weights must not weight the accuracy.
-  """
-
-  def update_state(self, y_true, y_pred, sample_weight=None):
-    if sample_weight is not None:
-      sample_weight = keras.ops.cast(keras.ops.greater(sample_weight, 0), self.dtype)
-    return super().update_state(y_true, y_pred, sample_weight=sample_weight)
-
-
-def compile_for_training(model: keras.Model, learning_rate: float):
-  """Adam, cross-entropy and the padding-aware accuracy (logged as "accuracy")."""
-  model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                loss="sparse_categorical_crossentropy",
-                weighted_metrics=[MaskedAccuracy(name="accuracy")])
-
-
-def compile_for_saving(model: keras.Model):
-  """Built-in loss and metric only, so the saved model.keras loads without this package."""
-  model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"])
-  # Built now, so the file's optimizer matches the model and loads without a warning.
-  model.optimizer.build(model.trainable_variables)

@@ -61,15 +61,19 @@ def save_model(model_dir: str, model) -> str:
 
 
 def metrics(model_dir: str, labels: np.ndarray, probabilities: np.ndarray,
-            class_names: Sequence[str], clocks: dict) -> dict:
+            class_names: Sequence[str], clocks: dict,
+            plain: Optional[np.ndarray] = None) -> dict:
   """The contents of metrics.json.
 
   Args:
     model_dir: the run folder (its history.csv gives the training columns).
     labels: true class of each test image.
-    probabilities: the model's output for each test image.
+    probabilities: the model's output for each test image (with test-time
+      augmentation, its average).
     class_names: names, by index.
     clocks: {phase: {"seconds", "images", "cached_features"}}.
+    plain: with test-time augmentation, the output on the images alone; its
+      figures go under "plain", and "evaluation" says "tta".
   """
   result = {key: None for key in metrics_lib.STUDY_COLUMNS}
   history = callbacks_lib.read_history(run_paths.RunPaths(model_dir).history)
@@ -81,6 +85,10 @@ def metrics(model_dir: str, labels: np.ndarray, probabilities: np.ndarray,
       result[column] = float(last[key])
   result.update(metrics_lib.classification_metrics(labels, probabilities.argmax(axis=1),
                                                    class_names))
+  result["evaluation"] = "plain" if plain is None else "tta"
+  if plain is not None:
+    result["plain"] = {key: value for key, value in metrics_lib.classification_metrics(
+        labels, plain.argmax(axis=1), class_names).items() if key.endswith("_test")}
   result["test_images"] = int(len(labels))
   result["train_seconds"] = round(sum(clock["seconds"] for clock in clocks.values()), 3)
   result["phases"] = {name: {
@@ -108,9 +116,10 @@ def write(model_dir: str, result: dict, names: Sequence[str], labels: np.ndarray
   paths = run_paths.RunPaths(model_dir)
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
-  writer.writerow(("file_name", "label", "prediction"))
-  writer.writerows((name, class_names[label], class_names[prediction]) for name, label,
-                   prediction in zip(names, labels, probabilities.argmax(axis=1)))
+  writer.writerow(("file_name", "label", "prediction", "evaluation"))
+  writer.writerows((name, class_names[label], class_names[prediction], result["evaluation"])
+                   for name, label, prediction in zip(names, labels,
+                                                      probabilities.argmax(axis=1)))
   run_folder.atomic_write(paths.predictions, buffer.getvalue().encode())
   figures.confusion_png(paths.figure("confusion.png"), result["confusion_matrix"], class_names)
   figures.per_class_png(paths.figure("per_class.png"), result["per_class"])

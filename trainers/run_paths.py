@@ -4,7 +4,7 @@
     RUN/flags.txt                the command line, for --flagfile
     RUN/history.csv              one row per epoch
     RUN/metrics.json             written last: marks a finished run (`results.load`)
-    RUN/predictions.csv          file_name, label, prediction of every test image
+    RUN/predictions.csv          file_name, label, prediction, evaluation (plain or tta)
     RUN/model.keras              the whole trained model
     RUN/confusion.png, per_class.png, errors.png
     RUN/logs/<phase>/            TensorBoard

@@ -34,6 +34,7 @@ from trainers import records as records_lib
 from trainers import split_plan
 from trainers import keras_compat
 from trainers import models
+from trainers import recipe as recipe_lib
 from trainers import results
 from trainers import run_folder
 from trainers import run_lock
@@ -141,7 +142,7 @@ def _train_and_evaluate(config: config_lib.Config, strategy, role: devices.Role,
           models.unfreeze_top(model, config.fine_tune_layers)
       clocks[phase.name] = _fit(model, phase, data, config, role, scratch or config.model_dir)
     with strategy.scope():  # every worker: under multi-worker, compiling is collective
-      models.compile_for_saving(model)
+      recipe_lib.compile_for_saving(model)
     result = _evaluate(model, data, config, clocks) if role.is_chief else None
     if role.num_workers > 1:
       steps = sum(clock["steps"] for clock in clocks.values())
@@ -218,8 +219,14 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
     with data.strategy.scope():  # models remember the strategy they are made in
       extractor, trainee = models.split_at_pool(model)
     features = _extract_features(extractor, data, config, role, own.features(phase.name))
+  recipe = recipe_lib.of_phase(config, phase.learning_rate, phase.epochs, data.steps)
+  window = recipe_lib.ema_window(recipe)
+  if window and window > recipe.steps / 4 and role.is_chief:
+    print(f"info: --ema_momentum={config.ema_momentum} averages about {window:.0f} steps, more "
+          f"than a quarter of the {phase.name} phase's {recipe.steps}: its early weights weigh "
+          "in; a lower momentum suits a run this short.", flush=True)
   with data.strategy.scope():
-    models.compile_for_training(trainee, phase.learning_rate)
+    recipe_lib.compile_for_training(trainee, recipe)
   resume = callbacks_lib.phase_callbacks(
       trainee, paths=paths, own=own, phase=phase.name, epoch_offset=phase.epoch_offset,
       is_chief=role.is_chief, strategy=data.strategy, cached_features=bool(features),
@@ -232,6 +239,8 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
                 epochs=phase.epochs, steps_per_epoch=data.steps, shuffle=False,
                 callbacks=resume.callbacks,
                 verbose=2 if os.environ.get("CI") or data.workers > 1 else "auto")
+  with data.strategy.scope():  # fit did it, unless every epoch was restored
+    recipe_lib.finalize(trainee)
   if role.is_chief:
     run_folder.replace_with(done_path, model.save_weights, suffix=".weights.h5",
                             expected_bytes=sum(weight.nbytes for weight in model.get_weights()))
@@ -285,12 +294,14 @@ def _evaluate(model: keras.Model, data: batches.WorkerBatches, config: config_li
   plan = split_plan.EvalPlan(len(labels), config.batch_size)
   test_batches = input_pipeline.eval_batches(test_records, plan, image_size=config.image_size,
                                         resize=config.resize)
-  probabilities = model.predict(test_batches, verbose=0)
-  if len(probabilities) != plan.steps * plan.batch_size:
-    raise RuntimeError(f"{len(probabilities)} test predictions for {plan.steps} batches of "
-                       f"{plan.batch_size}")
-  probabilities = probabilities[:len(labels)]
-  result = results.metrics(config.model_dir, labels, probabilities, data.class_names, clocks)
+  probabilities = _predicted(model, test_batches, plan, len(labels))
+  plain = None
+  if config.tta:  # the original and its mirror image, averaged
+    plain = probabilities
+    probabilities = (plain + _predicted(model, test_batches.map(
+        lambda images, *rest: (tf.reverse(images, axis=[2]), *rest)), plan, len(labels))) / 2
+  result = results.metrics(config.model_dir, labels, probabilities, data.class_names, clocks,
+                           plain=plain)
   result.update(results.identity(config_lib.settings_sha256(config), data.builder, names))
   selected = figures.select_errors(labels, probabilities)
   results.write(config.model_dir, result, names, labels, probabilities, data.class_names,
@@ -298,6 +309,16 @@ def _evaluate(model: keras.Model, data: batches.WorkerBatches, config: config_li
                 results.error_captions(selected, names, labels, probabilities,
                                        data.class_names))
   return result
+
+
+def _predicted(model: keras.Model, test_batches: tf.data.Dataset, plan: split_plan.EvalPlan,
+               count: int) -> np.ndarray:
+  """The model's probabilities of the first `count` examples of padded test batches."""
+  probabilities = model.predict(test_batches, verbose=0)
+  if len(probabilities) != plan.steps * plan.batch_size:
+    raise RuntimeError(f"{len(probabilities)} test predictions for {plan.steps} batches of "
+                       f"{plan.batch_size}")
+  return probabilities[:count]
 
 
 def _decoded(data: batches.WorkerBatches, config: config_lib.Config,

@@ -178,9 +178,17 @@ def test_old_config_json_with_a_bool_augment_loads_and_keeps_its_settings_hash(t
       json.dumps(old, sort_keys=True).encode()).hexdigest()
 
 
-@pytest.mark.slow  # two replicas, every new flag: about 45 s (CI runs it)
+@pytest.mark.slow  # two replicas, every new flag, in a fresh process: about 60 s (CI runs it)
 def test_every_new_flag_trains_and_evaluates_exactly_under_mirrored(data_dir, tmp_path):
-  metrics = train.train_and_evaluate(trainer_runs.small_config(
-      data_dir, tmp_path / "mirrored", strategy="mirrored", virtual_devices=2, **MODERN))
+  run = tmp_path / "mirrored"
+  done = trainer_runs.main_command(  # its own process: virtual devices are set at start-up
+      "--model=cnn2", f"--data_dir={data_dir}", "--image_size=48", "--batch_size=16",
+      "--strategy=mirrored", "--virtual_devices=2", "--deterministic", "--weights=none",
+      f"--model_dir={run}", "--epochs=3", "--label_smoothing=0.1", "--optimizer=adamw",
+      "--weight_decay=0.05", "--schedule=cosine", "--warmup_epochs=1",
+      "--augment=randaugment", "--mixup=0.2", "--cutmix=1.0", "--ema", "--tta")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "2 replica(s)" in done.stdout
+  metrics = json.loads((run / "metrics.json").read_text())
   assert metrics["evaluation"] == "tta" and np.isfinite(metrics["loss_train"])
   assert sum(map(sum, metrics["confusion_matrix"])) == metrics["test_images"]

@@ -48,7 +48,6 @@ from trainers import feature_cache  # pylint: disable=g-import-not-at-top
 from trainers import main as trainer_main  # pylint: disable=g-import-not-at-top
 from trainers import models  # pylint: disable=g-import-not-at-top
 from trainers import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
-from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
 from trainers import run_folder  # pylint: disable=g-import-not-at-top
 from trainers import split_plan  # pylint: disable=g-import-not-at-top
 from trainers import train  # pylint: disable=g-import-not-at-top
@@ -62,15 +61,6 @@ WINDOW = 0.05  # of the centred moving average the rule reads, as a share of the
 def rates(start: float, end: float, steps: int) -> np.ndarray:
   """`steps` rates from `start` to `end`, evenly spaced on a log scale."""
   return np.geomspace(start, end, steps)
-
-
-def running_average(losses) -> np.ndarray:
-  """Bias-corrected exponential moving average of the losses (fastai's)."""
-  average, result = 0.0, []
-  for index, loss in enumerate(losses):
-    average = SMOOTHING * average + (1 - SMOOTHING) * loss
-    result.append(average / (1 - SMOOTHING ** (index + 1)))
-  return np.asarray(result)
 
 
 def smoothed(losses) -> np.ndarray:
@@ -109,12 +99,15 @@ class _Diverged(keras.callbacks.Callback):
   def __init__(self):
     super().__init__()
     self.losses = []
+    self.average, self.lowest = 0.0, math.inf  # fastai's bias-corrected running average
 
   def on_epoch_end(self, epoch, logs=None):
     loss = float((logs or {}).get("loss", math.nan))
     self.losses.append(loss)
-    curve = running_average(self.losses)
-    if not math.isfinite(loss) or curve[-1] > DIVERGED * curve.min():
+    self.average = SMOOTHING * self.average + (1 - SMOOTHING) * loss
+    smoothed_loss = self.average / (1 - SMOOTHING ** len(self.losses))
+    self.lowest = min(self.lowest, smoothed_loss)
+    if not math.isfinite(loss) or smoothed_loss > DIVERGED * self.lowest:
       self.model.stop_training = True
 
 
@@ -155,13 +148,8 @@ def run(config, out: str, *, steps: int, start: float, end: float) -> dict:
         devices.resolve_precision(config.precision, "one_device"))
     weights = weights_lib.resolve(config.model, config.weights, config.image_size)
     builder = dataset_lib.builder(config.dataset, config.data_dir)
-    plan = split_plan.plan(
-        builder, records_lib.Filters(config.keep_formats, config.keep_modes,
-                                     config.keep_orientations),
-        config.balance, config.batch_size, 1, config.steps_per_epoch,
-        allow_empty_classes=config.allow_empty_classes, exclude=config.exclude,
-        exclude_test=config.exclude_test)
-    data = batches_lib.WorkerBatches(config, tf.distribute.get_strategy(), builder, plan)
+    data = batches_lib.WorkerBatches(config, tf.distribute.get_strategy(), builder,
+                                     split_plan.plan_of_run(config, builder))
     model = train.build(config, weights)
     trainee, features = model, None
     reason = feature_cache.reason_not_cached(

@@ -60,6 +60,7 @@ from trainers import models  # pylint: disable=g-import-not-at-top
 from trainers import results  # pylint: disable=g-import-not-at-top
 from trainers import run_folder  # pylint: disable=g-import-not-at-top
 from trainers import run_paths  # pylint: disable=g-import-not-at-top
+from trainers import split_plan  # pylint: disable=g-import-not-at-top
 from trainers import tflite_file  # pylint: disable=g-import-not-at-top
 
 FORMATS = ("saved_model", "tflite")
@@ -80,7 +81,7 @@ def calibration_set(config: config_lib.Config, count: int) -> np.ndarray:
   """`count` images of the run's train split (seeded, filtered as the run), decoded as in
   training: uint8 [count, size, size, 3]. All of them when the split is smaller."""
   builder = dataset_lib.builder(config.dataset, config.data_dir)
-  filters = records_lib.Filters(config.keep_formats, config.keep_modes, config.keep_orientations)
+  filters = split_plan.filters_of(config)
   _, names = records_lib.labels_and_names(records_lib.records(builder, "train", filters))
   chosen = np.random.default_rng(config.seed).permutation(len(names))[:count]
   keep = [names[index] for index in sorted(chosen)]

@@ -70,6 +70,18 @@ class SplitPlan:
     return EvalPlan(self.counts[split], self.batch_size, self.workers)
 
 
+def filters_of(config) -> records_lib.Filters:
+  """The metadata filters a run's `Config` asks for."""
+  return records_lib.Filters(config.keep_formats, config.keep_modes, config.keep_orientations)
+
+
+def plan_of_run(config, dataset_builder, workers: int = 1) -> "SplitPlan":
+  """`plan` with a run's `Config` settings (filters, balance, batch, exclusions)."""
+  return plan(dataset_builder, filters_of(config), config.balance, config.batch_size, workers,
+              config.steps_per_epoch, allow_empty_classes=config.allow_empty_classes,
+              exclude=config.exclude, exclude_test=config.exclude_test)
+
+
 def plan(dataset_builder, filters: records_lib.Filters, balance: str, batch_size: int,
          workers: int = 1, steps_per_epoch: int = 0,
          allow_empty_classes: bool = False, exclude: Sequence[str] = (),

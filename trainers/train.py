@@ -117,12 +117,7 @@ def _train_and_evaluate(config: config_lib.Config, strategy, role: devices.Role,
   scratch = None if role.is_chief else tempfile.mkdtemp(prefix=f"animals10-worker{role.index}-")
   try:
     dataset_builder = dataset_lib.builder(config.dataset, config.data_dir)
-    plan = split_plan.plan(
-        dataset_builder,
-        records_lib.Filters(config.keep_formats, config.keep_modes, config.keep_orientations),
-        config.balance, config.batch_size, role.num_workers, config.steps_per_epoch,
-        allow_empty_classes=config.allow_empty_classes, exclude=config.exclude,
-        exclude_test=config.exclude_test)
+    plan = split_plan.plan_of_run(config, dataset_builder, role.num_workers)
     if config.exclude and role.is_chief:
       print(f"--exclude: left out {plan.excluded['train']} train, "
             f"{plan.excluded['validation']} validation and {plan.excluded['test']} test "
@@ -239,8 +234,9 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
                 epochs=phase.epochs, steps_per_epoch=data.steps, shuffle=False,
                 callbacks=resume.callbacks,
                 verbose=2 if os.environ.get("CI") or data.workers > 1 else "auto")
-  with data.strategy.scope():  # fit did it, unless every epoch was restored
-    recipe_lib.finalize(trainee)
+  else:  # every epoch restored from a backup: write the EMA in, as fit's end does
+    with data.strategy.scope():
+      recipe_lib.finalize(trainee)
   if role.is_chief:
     run_folder.replace_with(done_path, model.save_weights, suffix=".weights.h5",
                             expected_bytes=sum(weight.nbytes for weight in model.get_weights()))

@@ -52,21 +52,37 @@ def test_bench_train_reports_throughput_stall_and_memory(data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_train_compares_the_frozen_phase_plain_and_on_cached_features(data_dir, tmp_path):
+@pytest.mark.parametrize("phase,cut", [("--nofine_tune", [[1280]]),
+                                       ("--fine_tune", [[1, 1, 160]])])
+def test_bench_train_compares_a_transfer_phase_plain_and_on_cached_activations(
+    data_dir, tmp_path, phase, cut):
   out = tmp_path / "transfer.json"
-  _run("tools.bench_train", f"--data_dir={data_dir}", "--model=mnv2", "--steps=2",
+  _run("tools.bench_train", f"--data_dir={data_dir}", "--model=mnv2", phase, "--steps=2",
        "--passes=1", "--image_size=32", "--batch_size=8", f"--json={out}")
   figures = json.loads(out.read_text())
+  assert figures["cut"] == cut  # the pooled features, or block_13_project at 32 px
   for key in ("plain_images_per_second", "extraction_images_per_second",
-              "head_images_per_second"):
+              "top_images_per_second", "top_inference_images_per_second"):
     assert figures[key] > 0, key
   assert figures["train_images"] > 0 and figures["cached_10_epochs_seconds"] > 0
 
 
 def test_projection_of_ten_epochs_on_hand_made_timings():
   from tools import bench_train  # pylint: disable=g-import-not-at-top
-  figures = bench_train.projection({"plain": 100, "extraction": 200, "head": 10_000},
-                                   train=1000, validation=200, epochs=10)
-  # plain: 10 x (1000/100 + 200/200) = 110 s; cached: 1200/200 + 10 x 1000/10000 = 7 s
-  assert figures == {"plain_10_epochs_seconds": 110.0, "cached_10_epochs_seconds": 7.0,
-                     "speedup": 110 / 7}
+  figures = bench_train.projection(
+      {"plain": 100, "extraction": 200, "top": 10_000, "top_inference": 20_000},
+      train=1000, validation=200, epochs=10)
+  # plain: 10 x (1000/100 + 200/200) = 110 s;
+  # cached: 1200/200 + 10 x (1000/10000 + 200/20000) = 7.1 s
+  assert figures["plain_10_epochs_seconds"] == 110.0
+  assert figures["cached_10_epochs_seconds"] == pytest.approx(7.1)
+  assert figures["speedup"] == pytest.approx(110 / 7.1)
+
+
+def test_multiply_adds_of_cnn2_are_counted_by_hand():
+  from tools import bench_train  # pylint: disable=g-import-not-at-top
+  from trainers import models  # pylint: disable=g-import-not-at-top
+  # 100 px: 98x98 outputs of 3x3x3 -> 32, pooled to 49, 47x47 of 3x3x32 -> 64, pooled to
+  # 23x23x64 = 33,856 inputs of Dense(128), then Dense(10).
+  by_hand = 98 * 98 * 27 * 32 + 47 * 47 * 288 * 64 + 33_856 * 128 + 128 * 10
+  assert bench_train.multiply_adds(models.build_model("cnn2", 100)) == by_hand == 53_348_992

@@ -1,22 +1,25 @@
-r"""Training throughput and memory of cnn2, fed by our pipeline; or the frozen
-phase of a transfer model, plain against cached features (`--model`).
+r"""Training throughput and memory of cnn2, fed by our pipeline; or a transfer
+model's frozen or fine-tuning phase, plain against cached activations (`--model`).
 
     python -m tools.bench_train --data_dir=work/tensorflow_datasets \
         [--rss_data_dirs=SMALL_DATA_DIR,FULL_DATA_DIR] --json=bench_train.json
-    python -m tools.bench_train --data_dir=work/tensorflow_datasets --model=dn121
+    python -m tools.bench_train --data_dir=work/tensorflow_datasets --model=dn121 [--fine_tune]
 
 With --model (mnv2, mnv2_035, enb3 or dn121, weights=None, the `auto` precision), one run
-measures side by side: the plain frozen phase (the whole model fit on decoded
-batches), one extraction pass (images to pooled features) and the head alone
-fit on those features, each the median over --passes epochs after a traced
-one; then the 10-epoch wall time of the data set's train split both ways:
-plain = 10 x (train / plain + validation / extraction), cached = (train +
-validation) / extraction + 10 x train / head.
+measures side by side: the plain phase (the whole model fit on decoded batches;
+with --fine_tune, its top --fine_tune_layers backbone layers unfrozen), one
+extraction pass (images to the pooled features, or to the tensors crossing the
+fine-tuning cut), and what sits above the cut (the head, or the unfrozen top and
+the head) fit and predicting on those activations, each the median over
+--passes epochs after a traced one; then the 10-epoch wall time of the data
+set's train split both ways (see `projection`).
 
-For each precision policy this machine can run: images/second of cnn2 fed by
+For each precision policy this machine can run: images/second of cnn2 (or
+--cnn=cnn4) fed by
 `trainers.input_pipeline` (first epoch, decoding; and with --cache, after the
 cache is filled) and fed from one in-memory batch (no input work at all); the
-input stall is 1 - pipeline/in-memory. Then peak resident memory of
+input stall is 1 - pipeline/in-memory, and the arithmetic rate in memory
+(GFLOP/s: 2 x 3 x the multiply-adds of a forward pass, per image). Then peak resident memory of
 one full epoch, in a fresh process per dataset, to show it does not grow with
 the dataset size.
 """
@@ -51,13 +54,28 @@ def precisions() -> list[str]:
   return available
 
 
-def _model(precision, image_size):
+def _model(precision, image_size, name="cnn2"):
   import keras  # pylint: disable=g-import-not-at-top
   from trainers import models  # pylint: disable=g-import-not-at-top
   keras.mixed_precision.set_global_policy(precision)
-  model = models.build_model("cnn2", image_size, weights=None)
+  model = models.build_model(name, image_size, weights=None)
   model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
   return model
+
+
+def multiply_adds(model) -> int:
+  """Multiply-adds of one image's forward pass through the model's Conv2D and
+  Dense layers (the rest is a rounding error for the study's CNNs)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  total = 0
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.Conv2D):
+      height, width, _ = layer.output.shape[1:]
+      kernel = layer.kernel.shape  # (rows, columns, in, out)
+      total += height * width * kernel[0] * kernel[1] * kernel[2] * kernel[3]
+    elif isinstance(layer, keras.layers.Dense):
+      total += layer.kernel.shape[0] * layer.kernel.shape[1]
+  return total
 
 
 class _EpochTimer:
@@ -86,8 +104,9 @@ def _timed_fit(model, dataset, steps, passes):
   return steps / statistics.median(timer.seconds[1:])
 
 
-def throughput(data_dir, precision, image_size=100, batch_size=32, steps=40, passes=3):
-  """Images/second of cnn2 under `precision`, fed three ways."""
+def throughput(data_dir, precision, image_size=100, batch_size=32, steps=40, passes=3,
+               cnn="cnn2"):
+  """Images/second of a study CNN under `precision`, fed three ways."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
@@ -103,7 +122,7 @@ def throughput(data_dir, precision, image_size=100, batch_size=32, steps=40, pas
                                            dataclasses.replace(stream, cache_decoded=True))
   batch = next(iter(fed))
   in_memory = tf.data.Dataset.from_tensors(batch).repeat()
-  model = _model(precision, image_size)
+  model = _model(precision, image_size, cnn)
   return {name: _timed_fit(model, dataset, steps, passes) * batch_size
           for name, dataset in (("pipeline", fed), ("pipeline_cached", cached),
                                 ("in_memory", in_memory))}
@@ -149,13 +168,17 @@ def peak_rss_mib() -> float:
 
 
 def measure(data_dir, rss_data_dirs=(), steps=40, passes=3, image_size=100,
-            batch_size=32) -> dict:
+            batch_size=32, cnn="cnn2") -> dict:
   """Every figure of the benchmark (see the module docstring)."""
-  results = {}
+  results = {"model": cnn}
+  # A training step is a forward pass and a backward pass of about twice its cost.
+  flops_per_image = 2 * 3 * multiply_adds(_model("float32", image_size, cnn))
+  results["train_gflop_per_image"] = flops_per_image / 1e9
   for precision in precisions():
-    rates = throughput(data_dir, precision, image_size, batch_size, steps, passes)
+    rates = throughput(data_dir, precision, image_size, batch_size, steps, passes, cnn)
     for name, rate in rates.items():
       results[f"{name}/{precision}"] = rate
+    results[f"in_memory_gflops/{precision}"] = rates["in_memory"] * flops_per_image / 1e9
     results[f"input_stall/{precision}"] = max(0.0, 1 - rates["pipeline"] / rates["in_memory"])
     results[f"input_stall_cached/{precision}"] = max(
         0.0, 1 - rates["pipeline_cached"] / rates["in_memory"])
@@ -172,12 +195,12 @@ def measure(data_dir, rss_data_dirs=(), steps=40, passes=3, image_size=100,
 
 
 def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, passes=3,
-             epochs=10) -> dict:
-  """Frozen-phase images/second of a transfer model, plain and on cached features."""
+             epochs=10, fine_tune=False, fine_tune_layers=30) -> dict:
+  """Images/second of a transfer model's frozen phase (or, with `fine_tune`, its
+  fine-tuning phase), plain and on cached activations, side by side."""
   import keras  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainers import devices  # pylint: disable=g-import-not-at-top
+  from trainers import feature_cache  # pylint: disable=g-import-not-at-top
   from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
   from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
@@ -192,43 +215,61 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
       batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1, image_size=image_size,
       record_bytes=records_lib.mean_record_bytes(builder))
   model = models.build_model(model_name, image_size, weights=None)
+  if fine_tune:
+    models.unfreeze_top(model, fine_tune_layers)
+    extractor, top = models.split_at_cut(model, fine_tune_layers)
+  else:
+    extractor, top = models.split_at_pool(model)
   recipe.compile_for_training(model, recipe.Recipe(1e-3))
   plain = _timed_fit(model, input_pipeline.training_batches(records, stream), steps, passes)
-  extractor, head = models.split_at_pool(model)
   plan = split_plan.EvalPlan(steps * batch_size, batch_size)
-  batches = input_pipeline.eval_batches(records, plan, image_size=image_size)
-  seconds = []
-  for _ in range(passes + 1):  # the first pass traces
-    started = time.perf_counter()
-    features = extractor.predict(batches, verbose=0)
-    seconds.append(time.perf_counter() - started)
-  extraction = 1 / statistics.median(seconds[1:])
+  extraction, activations = _timed_predict(
+      extractor, input_pipeline.eval_batches(records, plan, image_size=image_size), passes)
   labels, _ = records_lib.labels_and_names(records)
-  feature_set = tf.data.Dataset.from_tensor_slices(
-      (features.astype(np.float32)[:len(labels)], labels))
-  recipe.compile_for_training(head, recipe.Recipe(1e-3))
-  head_rate = _timed_fit(head, input_pipeline.feature_training_batches(feature_set, stream),
-                         steps, passes)
+  cached = feature_cache.SplitFeatures(
+      [array[:len(labels)] for array in activations], labels)
+  recipe.compile_for_training(top, recipe.Recipe(1e-3))
+  top_rate = _timed_fit(top, input_pipeline.feature_training_batches(
+      cached.indexed(), cached.lookup, stream), steps, passes)
+  top_inference, _ = _timed_predict(top, input_pipeline.feature_eval_batches(
+      cached.indexed(), cached.lookup, plan), passes)
   train = builder.info.splits["train"].num_examples
   validation = builder.info.splits["validation"].num_examples
   rates = {"plain": plain * batch_size, "extraction": extraction * steps * batch_size,
-           "head": head_rate * batch_size}
-  return {"model": model_name, "precision": precision, "image_size": image_size,
+           "top": top_rate * batch_size, "top_inference": top_inference * steps * batch_size}
+  return {"model": model_name, "phase": "fine_tune" if fine_tune else "train",
+          "cut": [list(output.shape[1:]) for output in extractor.outputs],
+          "precision": precision, "image_size": image_size,
           **{f"{name}_images_per_second": rate for name, rate in rates.items()},
           "train_images": train, "validation_images": validation,
           **projection(rates, train, validation, epochs)}
 
 
+def _timed_predict(model, batches, passes):
+  """(Median passes/second of `model.predict` over `batches` after a traced pass,
+  the outputs as a list of arrays)."""
+  seconds = []
+  for _ in range(passes + 1):  # the first pass traces
+    started = time.perf_counter()
+    outputs = model.predict(batches, verbose=0)
+    seconds.append(time.perf_counter() - started)
+  return 1 / statistics.median(seconds[1:]), (
+      list(outputs) if isinstance(outputs, (list, tuple)) else [outputs])
+
+
 def projection(rates: dict, train: int, validation: int, epochs: int) -> dict:
-  """Seconds of `epochs` frozen-phase epochs both ways, from measured images/second.
+  """Seconds of `epochs` epochs of the phase both ways, from measured images/second.
 
   plain = epochs x (train / plain + validation / extraction): the whole model
-  trains on decoded images, and validation runs the backbone every epoch;
-  cached = (train + validation) / extraction + epochs x train / head: one
-  extraction pass, then the head alone (its validation on features is free).
+  trains on decoded images, and validation runs the backbone every epoch (the
+  extraction rate stands for it: the frozen part costs most of a forward pass);
+  cached = (train + validation) / extraction + epochs x (train / top +
+  validation / top_inference): one extraction pass, then only what sits above
+  the cut (the head, or the unfrozen top and the head) trains and validates.
   """
   plain_seconds = epochs * (train / rates["plain"] + validation / rates["extraction"])
-  cached_seconds = (train + validation) / rates["extraction"] + epochs * train / rates["head"]
+  cached_seconds = ((train + validation) / rates["extraction"]
+                    + epochs * (train / rates["top"] + validation / rates["top_inference"]))
   return {f"plain_{epochs}_epochs_seconds": plain_seconds,
           f"cached_{epochs}_epochs_seconds": cached_seconds,
           "speedup": plain_seconds / cached_seconds}
@@ -238,6 +279,10 @@ def _define_flags():
   flags.DEFINE_string("data_dir", None, "A built TFDS data_dir.", required=True)
   flags.DEFINE_enum("model", None, ["mnv2", "mnv2_035", "enb3", "dn121"],
                     "Benchmark this transfer model's frozen phase instead of cnn2.")
+  flags.DEFINE_bool("fine_tune", False, "With --model: its fine-tuning phase (the top "
+                    "--fine_tune_layers layers and the head on cached activations at the cut).")
+  flags.DEFINE_integer("fine_tune_layers", 30, "With --fine_tune: backbone layers unfrozen.")
+  flags.DEFINE_enum("cnn", "cnn2", ["cnn2", "cnn4"], "Without --model: the study CNN to time.")
   flags.DEFINE_list("rss_data_dirs", [], "Two data_dirs (small, large) for the memory check.")
   flags.DEFINE_integer("steps", 40, "Batches per timed epoch.")
   flags.DEFINE_integer("passes", 3, "Timed passes (median).")
@@ -254,12 +299,13 @@ def main(argv):
     return
   if _FLAGS.model:
     results = transfer(_FLAGS.data_dir, _FLAGS.model, _FLAGS.image_size, _FLAGS.batch_size,
-                       _FLAGS.steps, _FLAGS.passes)
+                       _FLAGS.steps, _FLAGS.passes, fine_tune=_FLAGS.fine_tune,
+                       fine_tune_layers=_FLAGS.fine_tune_layers)
   else:
     results = measure(_FLAGS.data_dir, tuple(_FLAGS.rss_data_dirs), _FLAGS.steps,
-                      _FLAGS.passes, _FLAGS.image_size, _FLAGS.batch_size)
+                      _FLAGS.passes, _FLAGS.image_size, _FLAGS.batch_size, _FLAGS.cnn)
   for key, value in results.items():
-    print(f"{key:32s} {value if isinstance(value, (str, dict)) else f'{value:.2f}'}")
+    print(f"{key:32s} {value if isinstance(value, (str, dict, list)) else f'{value:.2f}'}")
   if _FLAGS.json:
     with open(_FLAGS.json, "w") as file:
       json.dump(results, file, indent=2)

@@ -153,7 +153,7 @@ def run(config, out: str, *, steps: int, start: float, end: float) -> dict:
     model = train.build(config, weights)
     trainee, features = model, None
     reason = feature_cache.reason_not_cached(
-        config, "train", images_trained=steps * config.batch_size,
+        config, images_trained=steps * config.batch_size,
         train_images=data.counts["train"] // config.batch_size * config.batch_size)
     if reason is None:
       extractor, trainee = models.split_at_pool(model)

@@ -49,7 +49,8 @@ class WorkerBatches:
           num_classes=len(self.class_names),
           record_bytes=records_lib.mean_record_bytes(self.builder))
       if features is not None:
-        return input_pipeline.feature_training_batches(features.dataset(), stream)
+        return input_pipeline.feature_training_batches(features.indexed(), features.lookup,
+                                                       stream)
       return input_pipeline.training_batches(self.records("train", input_context), stream)
     if self.workers == 1:
       return batches()
@@ -65,7 +66,8 @@ class WorkerBatches:
     def batches(input_context=None):
       if features is not None:
         return input_pipeline.feature_eval_batches(
-            features.dataset(), plan, replica_batch_size=self._replica_batch(input_context))
+            features.indexed(), features.lookup, plan,
+            replica_batch_size=self._replica_batch(input_context))
       return input_pipeline.eval_batches(
           self.records("validation", input_context, shard_files=False), plan,
           image_size=self.config.image_size, resize=self.config.resize,

@@ -8,7 +8,7 @@ models; nothing is loaded into NumPy.
 """
 
 import dataclasses
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
@@ -112,8 +112,8 @@ def images(dataset: tf.data.Dataset, image_size: int, resize: str) -> tf.data.Da
                       record["label"]), num_parallel_calls=AUTOTUNE)
 
 
-def _to_float(image, *rest):
-  return (tf.cast(image, tf.float32), *rest)
+def _to_float(inputs, *rest):
+  return (tf.nest.map_structure(lambda tensor: tf.cast(tensor, tf.float32), inputs), *rest)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,16 +189,24 @@ def training_batches(records: tf.data.Dataset, stream: TrainingStream) -> tf.dat
   return _training(records, stream, decode=True)
 
 
-def feature_training_batches(features: tf.data.Dataset,
+def feature_training_batches(indexed: tf.data.Dataset, lookup: Callable,
                              stream: TrainingStream) -> tf.data.Dataset:
-  """`training_batches` of (features, label) pairs that need no decoding (cached
-  backbone features, in the records' order): the same shuffling and batches, so
-  the head sees exactly the examples the whole model would."""
-  return _training(features, stream, decode=False)
+  """`training_batches` of cached activations that need no decoding.
+
+  Args:
+    indexed: (row index, label) pairs of the cached rows, in the records' order.
+    lookup: a batch of row indices to the rows (a tensor or a tuple of them).
+    stream: as for `training_batches`.
+
+  Returns:
+    The same shuffling and batches as `training_batches`, so the model's top sees
+    exactly the examples the whole model would.
+  """
+  return _training(indexed, stream, decode=False, lookup=lookup)
 
 
-def _training(elements: tf.data.Dataset, stream: TrainingStream,
-              decode: bool) -> tf.data.Dataset:
+def _training(elements: tf.data.Dataset, stream: TrainingStream, decode: bool,
+              lookup: Optional[Callable] = None) -> tf.data.Dataset:
   """The shared body of `training_batches` and `feature_training_batches`."""
   if stream.cache_decoded and decode:
     elements = images(elements, stream.image_size, stream.resize).cache()
@@ -209,6 +217,8 @@ def _training(elements: tf.data.Dataset, stream: TrainingStream,
     elements = images(elements, stream.image_size, stream.resize)
   batches = elements.batch(stream.batch_size, drop_remainder=True)
   batches = batches.take(max(0, stream.epochs - stream.first_epoch) * stream.steps_per_epoch)
+  if lookup is not None:
+    batches = batches.map(lambda indices, label: (lookup(indices), label))
   if stream.class_weight is not None:
     weights = tf.constant(stream.class_weight, tf.float32)
     batches = batches.map(lambda image, label: (image, label, tf.gather(weights, label)))
@@ -284,14 +294,17 @@ def eval_batches(records: tf.data.Dataset, plan: split_plan.EvalPlan, *, image_s
   return _padded(elements.cache() if cache_decoded else elements, plan, replica_batch_size)
 
 
-def feature_eval_batches(features: tf.data.Dataset, plan: split_plan.EvalPlan, *,
+def feature_eval_batches(indexed: tf.data.Dataset, lookup: Callable,
+                         plan: split_plan.EvalPlan, *,
                          replica_batch_size: Optional[int] = None) -> tf.data.Dataset:
-  """`eval_batches` of (features, label) pairs (cached backbone features)."""
-  return _padded(features, plan, replica_batch_size)
+  """`eval_batches` of cached activations: `indexed` and `lookup` as for
+  `feature_training_batches` (padding looks up row 0, at weight 0)."""
+  return _padded(indexed, plan, replica_batch_size, lookup)
 
 
 def _padded(elements: tf.data.Dataset, plan: split_plan.EvalPlan,
-            replica_batch_size: Optional[int]) -> tf.data.Dataset:
+            replica_batch_size: Optional[int],
+            lookup: Optional[Callable] = None) -> tf.data.Dataset:
   """Weighted examples, then weight-0 padding, in `plan.steps` full batches."""
   weight = tf.constant(plan.weight, tf.float32)
   elements = elements.map(lambda inputs, label: (inputs, label, weight))
@@ -300,6 +313,8 @@ def _padded(elements: tf.data.Dataset, plan: split_plan.EvalPlan,
   total = plan.steps * plan.worker_batch
   batches = elements.concatenate(padding).take(total).batch(
       replica_batch_size or plan.worker_batch, drop_remainder=True)
+  if lookup is not None:
+    batches = batches.map(lambda indices, label, weights: (lookup(indices), label, weights))
   return _finish(batches.map(_to_float), deterministic=True)
 
 

@@ -215,3 +215,72 @@ def split_at_pool(model: keras.Model) -> tuple[keras.Model, keras.Model]:
   for layer in model.layers[model.layers.index(pool) + 1:]:
     outputs = layer(outputs)
   return extractor, keras.Model(features, outputs, name=f"{model.name}_head")
+
+
+class CutError(ValueError):
+  """A transfer model's backbone cannot be cut where fine-tuning starts."""
+
+
+def split_at_cut(model: keras.Model, layers: int) -> tuple[keras.Model, keras.Model]:
+  """(bottom, top) of a transfer model at the start of its top `layers` backbone layers.
+
+  The cut is found from the graph, for any backbone: the tensors that frozen
+  layers (or the backbone's input) hand to the top `layers` layers, the ones
+  `unfreeze_top` makes trainable. For MobileNetV2's top 30 it is one tensor
+  (block_13_project); for EfficientNetV2B3 two, since the cut halves a residual
+  block (its expansion and its skip). The bottom maps images to those tensors
+  (a list when there are several); the top maps them to probabilities, through
+  the rest of the backbone (in inference mode, as in the whole model) and the
+  head. Both are made of the model's own layers, so training the top trains
+  `model`.
+
+  Raises:
+    CutError: when no cut separates the two sides (a top layer also feeds a
+      frozen one, or is called more than once), or the cut is the backbone's
+      input (nothing frozen to cache); the message says which.
+  """
+  backbone = backbone_of(model)
+  if backbone is None:
+    raise CutError(f"{model.name} has no backbone")
+  inner = backbone.layers
+  if layers <= 0:
+    raise CutError(f"--fine_tune_layers={layers} unfreezes no layer of {backbone.name}")
+  if layers >= len(inner):
+    raise CutError(f"--fine_tune_layers={layers} leaves no frozen layer of {backbone.name}'s "
+                   f"{len(inner)}")
+  top = inner[len(inner) - layers:]
+  top_ids = {id(layer) for layer in top}
+  for layer in inner:
+    if len(layer._inbound_nodes) != 1:  # pylint: disable=protected-access
+      raise CutError(f"layer {layer.name} is called {len(layer._inbound_nodes)} times")  # pylint: disable=protected-access
+  cut = []
+  for layer in inner:
+    for tensor in layer._inbound_nodes[0].input_tensors:  # pylint: disable=protected-access
+      producer = tensor._keras_history.operation  # pylint: disable=protected-access
+      if id(layer) in top_ids and id(producer) not in top_ids:
+        if not any(tensor is known for known in cut):
+          cut.append(tensor)
+      elif id(layer) not in top_ids and id(producer) in top_ids:
+        raise CutError(f"top layer {producer.name} also feeds frozen layer {layer.name}")
+  if any(isinstance(tensor._keras_history.operation, keras.layers.InputLayer)  # pylint: disable=protected-access
+         for tensor in cut):
+    raise CutError(f"the cut reaches {backbone.name}'s input: nothing frozen to cache")
+  inner_bottom = keras.Model(backbone.inputs, cut, name=f"{backbone.name}_bottom")
+  inner_top = keras.Model(cut if len(cut) > 1 else cut[0], backbone.output,
+                          name=f"{backbone.name}_top")
+  for part in (inner_bottom, inner_top):
+    keras_compat.keep_inference_mode(part)  # as the whole backbone (see build_model)
+  position = model.layers.index(backbone)
+  images = keras.Input(model.inputs[0].shape[1:], name="image")
+  outputs = images
+  for layer in model.layers[1:position]:  # preprocessing
+    outputs = layer(outputs)
+  bottom = keras.Model(images, inner_bottom(outputs, training=False),
+                       name=f"{model.name}_bottom")
+  activations = [keras.Input(tensor.shape[1:], name=f"cut_{index}")
+                 for index, tensor in enumerate(cut)]
+  outputs = inner_top(activations if len(cut) > 1 else activations[0], training=False)
+  for layer in model.layers[position + 1:]:  # pooling and head
+    outputs = layer(outputs)
+  return bottom, keras.Model(activations if len(cut) > 1 else activations[0], outputs,
+                             name=f"{model.name}_top")

@@ -188,9 +188,11 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
 
   `own_dir` is where role process writes: the run folder for the chief, a
   scratch folder for the other workers (which restore from the chief's backup).
-  The frozen phase of a transfer model trains its head on cached backbone
-  features when `feature_cache.reason_not_cached` allows (same batches, same
-  optimizer, same callbacks, on the same layer objects).
+  When `feature_cache.reason_not_cached` allows, a transfer model's phase
+  trains on cached activations (same batches, same optimizer, same callbacks,
+  on the same layer objects): the frozen phase its head on the pooled
+  features, the fine-tuning phase its top (unfrozen backbone layers and head)
+  on the tensors crossing the cut from the frozen bottom (`models.split_at_cut`).
 
   Returns:
     {"seconds", "images", "steps", "cached_features"} of the phase: wall time
@@ -204,7 +206,7 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
     return callbacks_lib.PhaseClock.read(paths.clock(phase.name))
   started = time.time()
   reason = feature_cache.reason_not_cached(
-      config, phase.name, images_trained=phase.epochs * data.steps * config.batch_size,
+      config, images_trained=phase.epochs * data.steps * config.batch_size,
       train_images=data.counts["train"] // config.batch_size * config.batch_size)
   if reason and models.REGISTRY[config.model].backbone is not None:
     print(f"info: {phase.name} phase trains end to end, features not cached: {reason}.",
@@ -212,7 +214,14 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
   trainee, features = model, {}
   if reason is None:
     with data.strategy.scope():  # models remember the strategy they are made in
-      extractor, trainee = models.split_at_pool(model)
+      try:
+        extractor, trainee = (models.split_at_pool(model) if phase.name == "train" else
+                              models.split_at_cut(model, config.fine_tune_layers))
+      except models.CutError as error:
+        reason = str(error)
+        print(f"info: {phase.name} phase trains end to end, activations not cached: "
+              f"{reason}.", flush=True)
+  if reason is None:
     features = _extract_features(extractor, data, config, role, own.features(phase.name))
   recipe = recipe_lib.of_phase(config, phase.learning_rate, phase.epochs, data.steps)
   window = recipe_lib.ema_window(recipe)
@@ -268,8 +277,10 @@ def _extract_features(extractor: keras.Model, data: batches.WorkerBatches,
         settings_sha256=config_lib.settings_sha256(config))
     images += len(features[split])
   seconds = time.time() - started
-  print(f"{role.name if data.workers > 1 else 'train'}: backbone features of {images} "
-        f"images ready in {seconds:.1f} s; the head trains on them.", flush=True)
+  cut = ", ".join(f"{tuple(output.shape[1:])}" for output in extractor.outputs)
+  print(f"{role.name if data.workers > 1 else 'train'}: backbone activations {cut} of "
+        f"{images} images ready in {seconds:.1f} s; the layers above train on them.",
+        flush=True)
   return features
 
 

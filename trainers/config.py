@@ -64,7 +64,7 @@ class Config:
   seed: int = 0
   deterministic: bool = False
   cache: bool = False
-  cache_features: bool = True  # frozen phase of transfer models: head on cached features
+  cache_features: bool = True  # transfer models: train above the frozen part on its cached output
   steps_per_epoch: int = 0  # 0: one full pass of the training split
   virtual_devices: int = 0  # split the CPU into N logical devices (tests)
   cluster_timeout: float = 300  # seconds for every multi-worker task to join

@@ -82,8 +82,9 @@ def define_flags():
                     "Op determinism and ordered tf.data: identical reruns.")
   flags.DEFINE_bool("cache", False, "Keep decoded images in memory after epoch 1.")
   flags.DEFINE_bool(
-      "cache_features", True, "Frozen phase of a transfer model without --augment: run the "
-      "backbone once per split and train the head on its cached features.")
+      "cache_features", True, "Transfer models without --augment: run the frozen backbone "
+      "(when fine-tuning, its frozen bottom) once per split and train what sits above it "
+      "on its cached activations.")
   flags.DEFINE_integer("steps_per_epoch", 0, "Cap batches per epoch; 0: all.")
   flags.DEFINE_integer("virtual_devices", 0,
                        "Split the CPU into N devices (testing mirrored).")

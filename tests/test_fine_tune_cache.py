@@ -148,3 +148,19 @@ def test_fine_tuning_on_cached_activations_under_mirrored_equals_the_plain_path(
   assert metrics[True]["phases"]["fine_tune"]["cached_features"] is True
   assert metrics_lib.without_clock(metrics[True]) == metrics_lib.without_clock(metrics[False])
   assert sum(map(sum, metrics[True]["confusion_matrix"])) == metrics[True]["test_images"]
+
+
+@pytest.mark.slow  # one short fine-tuning run: about 40 s (CI runs it)
+def test_a_run_whose_backbone_cannot_be_cut_says_so_and_fine_tunes_end_to_end(data_dir,
+                                                                               tmp_path):
+  run = tmp_path / "uncut"
+  done = subprocess.run(_command(data_dir, run) + ["--fine_tune_layers=1000",
+                                                   "--fine_tune_epochs=1"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = [line for line in done.stdout.splitlines() if "activations not cached" in line]
+  assert len(lines) == 1 and lines[0].startswith("info: fine_tune phase trains end to end")
+  assert "--fine_tune_layers=1000 leaves no frozen layer" in lines[0]
+  metrics = json.loads((run / "metrics.json").read_text())
+  assert metrics["phases"]["train"]["cached_features"] is True
+  assert metrics["phases"]["fine_tune"]["cached_features"] is False

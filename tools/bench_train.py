@@ -281,7 +281,8 @@ def _define_flags():
                     "Benchmark this transfer model's frozen phase instead of cnn2.")
   flags.DEFINE_bool("fine_tune", False, "With --model: its fine-tuning phase (the top "
                     "--fine_tune_layers layers and the head on cached activations at the cut).")
-  flags.DEFINE_integer("fine_tune_layers", 30, "With --fine_tune: backbone layers unfrozen.")
+  flags.DEFINE_integer("fine_tune_layers", 30, "With --fine_tune: backbone layers unfrozen.",
+                       lower_bound=1)
   flags.DEFINE_enum("cnn", "cnn2", ["cnn2", "cnn4"], "Without --model: the study CNN to time.")
   flags.DEFINE_list("rss_data_dirs", [], "Two data_dirs (small, large) for the memory check.")
   flags.DEFINE_integer("steps", 40, "Batches per timed epoch.")
@@ -298,9 +299,13 @@ def main(argv):
     _rss_child(_FLAGS.data_dir, _FLAGS.image_size, _FLAGS.batch_size)
     return
   if _FLAGS.model:
-    results = transfer(_FLAGS.data_dir, _FLAGS.model, _FLAGS.image_size, _FLAGS.batch_size,
-                       _FLAGS.steps, _FLAGS.passes, fine_tune=_FLAGS.fine_tune,
-                       fine_tune_layers=_FLAGS.fine_tune_layers)
+    from trainers import models  # pylint: disable=g-import-not-at-top
+    try:
+      results = transfer(_FLAGS.data_dir, _FLAGS.model, _FLAGS.image_size, _FLAGS.batch_size,
+                         _FLAGS.steps, _FLAGS.passes, fine_tune=_FLAGS.fine_tune,
+                         fine_tune_layers=_FLAGS.fine_tune_layers)
+    except models.CutError as error:
+      sys.exit(f"bench_train: no cut to cache at: {error}; choose a smaller --fine_tune_layers.")
   else:
     results = measure(_FLAGS.data_dir, tuple(_FLAGS.rss_data_dirs), _FLAGS.steps,
                       _FLAGS.passes, _FLAGS.image_size, _FLAGS.batch_size, _FLAGS.cnn)

@@ -65,6 +65,7 @@ def test_bench_train_compares_a_transfer_phase_plain_and_on_cached_activations(
               "top_images_per_second", "top_inference_images_per_second"):
     assert figures[key] > 0, key
   assert figures["train_images"] > 0 and figures["cached_10_epochs_seconds"] > 0
+  assert figures["below_cut_multiply_adds"] > figures["above_cut_multiply_adds"] > 0
 
 
 def test_projection_of_ten_epochs_on_hand_made_timings():
@@ -86,3 +87,24 @@ def test_multiply_adds_of_cnn2_are_counted_by_hand():
   # 23x23x64 = 33,856 inputs of Dense(128), then Dense(10).
   by_hand = 98 * 98 * 27 * 32 + 47 * 47 * 288 * 64 + 33_856 * 128 + 128 * 10
   assert bench_train.multiply_adds(models.build_model("cnn2", 100)) == by_hand == 53_348_992
+
+
+def test_multiply_adds_count_depthwise_convolutions_and_nested_models():
+  import keras  # pylint: disable=g-import-not-at-top
+  from tools import bench_train  # pylint: disable=g-import-not-at-top
+  inner = keras.Sequential([keras.Input((8, 8, 4)), keras.layers.DepthwiseConv2D(3, padding="same"),
+                            keras.layers.Conv2D(6, 1)])
+  outer = keras.Sequential([keras.Input((8, 8, 4)), inner, keras.layers.Flatten(),
+                            keras.layers.Dense(2)])
+  # 8x8 outputs of a 3x3 window on each of 4 channels; 8x8 of 1x1x4 -> 6; 384 -> 2.
+  assert bench_train.multiply_adds(outer) == 8 * 8 * 9 * 4 + 8 * 8 * 4 * 6 + 384 * 2 == 4608
+
+
+def test_the_cut_splits_the_multiply_adds_of_a_transfer_model():
+  from tools import bench_train  # pylint: disable=g-import-not-at-top
+  from trainers import models  # pylint: disable=g-import-not-at-top
+  model = models.build_model("mnv2_035", 32, weights=None)
+  bottom, top = models.split_at_cut(model, 30)
+  assert (bench_train.multiply_adds(bottom) + bench_train.multiply_adds(top)
+          == bench_train.multiply_adds(model))
+  assert bench_train.multiply_adds(top) > 0

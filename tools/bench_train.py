@@ -12,7 +12,8 @@ extraction pass (images to the pooled features, or to the tensors crossing the
 fine-tuning cut), and what sits above the cut (the head, or the unfrozen top and
 the head) fit and predicting on those activations, each the median over
 --passes epochs after a traced one; then the 10-epoch wall time of the data
-set's train split both ways (see `projection`).
+set's train split both ways (see `projection`), and the multiply-adds of one
+image's forward pass below and above the cut.
 
 For each precision policy this machine can run: images/second of cnn2 (or
 --cnn=cnn4) fed by
@@ -64,17 +65,24 @@ def _model(precision, image_size, name="cnn2"):
 
 
 def multiply_adds(model) -> int:
-  """Multiply-adds of one image's forward pass through the model's Conv2D and
-  Dense layers (the rest is a rounding error for the study's CNNs)."""
+  """Multiply-adds of one image's forward pass through the model's Conv2D,
+  DepthwiseConv2D and Dense layers, nested models included (the rest, such as
+  normalization, pooling and activations, moves memory more than it computes)."""
   import keras  # pylint: disable=g-import-not-at-top
   total = 0
   for layer in model.layers:
-    if isinstance(layer, keras.layers.Conv2D):
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+      height, width, channels = layer.output.shape[1:]
+      kernel = layer.kernel.shape  # (rows, columns, in, multiplier)
+      total += height * width * kernel[0] * kernel[1] * channels
+    elif isinstance(layer, keras.layers.Conv2D):
       height, width, _ = layer.output.shape[1:]
       kernel = layer.kernel.shape  # (rows, columns, in, out)
       total += height * width * kernel[0] * kernel[1] * kernel[2] * kernel[3]
     elif isinstance(layer, keras.layers.Dense):
       total += layer.kernel.shape[0] * layer.kernel.shape[1]
+    elif isinstance(layer, keras.Model):
+      total += multiply_adds(layer)
   return total
 
 
@@ -239,6 +247,9 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
            "top": top_rate * batch_size, "top_inference": top_inference * steps * batch_size}
   return {"model": model_name, "phase": "fine_tune" if fine_tune else "train",
           "cut": [list(output.shape[1:]) for output in extractor.outputs],
+          # Per image, forward: what the cached path skips, and what it still runs.
+          "below_cut_multiply_adds": multiply_adds(extractor),
+          "above_cut_multiply_adds": multiply_adds(top),
           "precision": precision, "image_size": image_size,
           **{f"{name}_images_per_second": rate for name, rate in rates.items()},
           "train_images": train, "validation_images": validation,

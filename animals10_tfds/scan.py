@@ -107,6 +107,8 @@ def _scan_task(task) -> ScanResult:
   entry, short_side, encode = task
   try:
     data = _WORKER_SOURCE.read(entry.path)
+  except source_lib.TooLarge as error:
+    return ScanResult(path=entry.path, label=entry.label, error=str(error))
   except source_lib.UNREADABLE as error:
     return ScanResult(path=entry.path, label=entry.label,
                       error=f"unreadable: {error}")

@@ -40,6 +40,19 @@ PUT_THE_DOWNLOAD = (f"Put Kaggle's {ARCHIVE_NAME} ({KAGGLE_URL}) or its unpacked
                     f"'{RAW_DIR_NAME}/' folder")
 # A zip member that cannot be read (bad CRC-32, cut short, bad compression).
 UNREADABLE = (OSError, EOFError, zipfile.BadZipFile, zlib.error)
+# No photo of this kind comes near it (Animals-10's largest is a few MB); a file or
+# zip member past it is skipped unread, so a decompression bomb (6 GiB of zeros in
+# a 14 MB archive) or a huge file never reaches memory.
+MAX_FILE_BYTES = 100 * 1000 * 1000
+
+
+class TooLarge(ValueError):
+  """A file or zip member larger than `MAX_FILE_BYTES`: skipped, with this reason."""
+
+  def __init__(self, size: int):
+    super().__init__(f"larger than {MAX_FILE_BYTES // 1000000} MB ({size:,} bytes"
+                     f"{' or more' if size > MAX_FILE_BYTES else ''}): not a photo of this "
+                     "data set")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,9 +153,25 @@ class Source:
     return entries, sorted(skipped, key=lambda item: item["path"])
 
   def read(self, path: str) -> bytes:
+    """The file's bytes, read through a stream bounded by `MAX_FILE_BYTES`.
+
+    Raises:
+      TooLarge: its declared size (zip) or size on disk is past the cap, or its
+        stream gives more (a header that lies).
+    """
     if self.archive:
-      return self._zip_file().read(self.root + path)
-    return epath.Path(self.root, path).read_bytes()
+      name = self.root + path
+      declared = self._zip_file().getinfo(name).file_size
+      if declared > MAX_FILE_BYTES:
+        raise TooLarge(declared)
+      with self._zip_file().open(name) as stream:
+        return _bounded(stream)
+    full = epath.Path(self.root, path)
+    with open(os.fspath(full), "rb") as stream:
+      size = os.fstat(stream.fileno()).st_size
+      if size > MAX_FILE_BYTES:
+        raise TooLarge(size)
+      return _bounded(stream)
 
   def _zip_file(self) -> zipfile.ZipFile:
     if self._zip is None:
@@ -151,6 +180,13 @@ class Source:
 
   def __getstate__(self):
     return {"root": self.root, "archive": self.archive, "_zip": None}
+
+
+def _bounded(stream) -> bytes:
+  data = stream.read(MAX_FILE_BYTES + 1)
+  if len(data) > MAX_FILE_BYTES:
+    raise TooLarge(len(data))
+  return data
 
 
 def _real(path) -> str:

@@ -38,6 +38,15 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def float32_policy_after_each_test():
+  """A run sets Keras's global precision policy for its process; the next test in the
+  same process starts from float32 again, whatever the last one ran under."""
+  yield
+  import keras  # pylint: disable=g-import-not-at-top
+  keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
   """A generated raw-img tree: 40 images per class."""
@@ -82,7 +91,8 @@ def run_dir(data_dir, tmp_path_factory):
   folder = tmp_path_factory.mktemp("run") / "cnn2"
   train.train_and_evaluate(config_lib.Config(
       model="cnn2", model_dir=str(folder), data_dir=str(data_dir), image_size=40,
-      resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none"))
+      resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none",
+      precision="float32"))
   return folder
 
 

@@ -196,3 +196,54 @@ def test_planted_label_errors_and_leaks_are_found(tmp_path):
     assert int(pair["phash_distance"]) > 4, pair  # pHash misses it
     print(f"planted {copy} ~ {original}: cosine {pair['score']}, pHash distance "
           f"{pair['phash_distance']}, splits {pair['split']}/{pair['partner_split']}")
+
+
+def _audit_folder(folder):
+  from tools import audit_report  # pylint: disable=g-import-not-at-top
+  folder.mkdir(exist_ok=True)
+  (folder / "audit.csv").write_text("file_name,split\ncane/a.jpg,train\n")
+  for name in ("label_issues.png", "leaks.png", "outliers.png"):
+    (folder / name).write_bytes(b"png " + name.encode())
+  audit_report.write_report(str(folder), "# Data audit\n")
+  return audit_report
+
+
+def test_a_rerun_replaces_only_the_audit_s_unchanged_output(tmp_path):
+  audit_report = _audit_folder(tmp_path / "audit")
+  audit_report.check_out(str(tmp_path / "audit"))  # unchanged: a rerun may replace it
+  audit_report.check_out(str(tmp_path / "new"))  # absent: made
+  edited = tmp_path / "audit" / "audit.csv"
+  edited.write_text("file_name,split\n")  # the README's workflow: rows removed by hand
+  with pytest.raises(ValueError, match="audit.csv is not the audit's unchanged output .* "
+                                       "nothing was written"):
+    audit_report.check_out(str(tmp_path / "audit"))
+  assert edited.read_text() == "file_name,split\n"
+
+
+def test_files_of_the_audit_s_names_that_are_not_its_own_are_kept(tmp_path):
+  from tools import audit_report  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "mine"
+  folder.mkdir()
+  (folder / "audit.md").write_text("# my notes\n")
+  with pytest.raises(ValueError, match="audit.md is not an unedited report of an audit"):
+    audit_report.check_out(str(folder))
+  (folder / "audit.md").unlink()
+  (folder / "audit.csv").write_text("my,table\n")
+  with pytest.raises(ValueError, match="audit.csv is not the audit's unchanged output"):
+    audit_report.check_out(str(folder))
+  _audit_folder(tmp_path / "edited")
+  report = tmp_path / "edited" / "audit.md"
+  report.write_text(report.read_text().replace("# Data audit", "# My audit"))
+  with pytest.raises(ValueError, match="audit.md is not an unedited report"):
+    audit_report.check_out(str(tmp_path / "edited"))
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ValueError, match="--out=.*file is a file; .* give a folder"):
+    audit_report.check_out(str(tmp_path / "file"))
+
+
+@pytest.mark.parametrize("outlier_z", [0.0, -1.0])
+def test_an_outlier_limit_at_or_below_zero_is_refused(data_dir, tmp_path, outlier_z):
+  with pytest.raises(ValueError, match="--outlier_z must be a number above 0"):
+    audit.audit(str(data_dir), "animals10_tfds/160px", "mnv2_035", "none", 32,
+                str(tmp_path / "audit"), outlier_z=outlier_z, allow_random_features=True)
+  assert not (tmp_path / "audit").exists()

@@ -33,12 +33,15 @@ def test_early_stopping_counts_survive_a_restart(tmp_path):
   first.on_train_begin()
   for epoch, loss in enumerate((1.0, 0.5, 0.7, 0.8)):
     first.on_epoch_end(epoch, {"val_loss": loss})
-  assert json.loads(open(state).read()) == {"wait": 2, "best": 0.5, "best_epoch": 1}
+  assert json.loads(open(state).read()) == {"wait": 2, "best": 0.5, "best_epoch": 1,
+                                            "epochs_done": 4, "stopped": False}
+  assert callbacks_lib.stopped_after(state) is None
   second = callbacks_lib.ResumableEarlyStopping(state, monitor="val_loss", patience=3)
   second.set_model(model)
   second.on_train_begin()
   second.on_epoch_end(4, {"val_loss": 0.9})
   assert model.stop_training  # 3 epochs without gain, counted across the restart
+  assert callbacks_lib.stopped_after(state) == 5  # a resume from epoch 5 stays stopped
 
 
 def test_phase_clock_adds_a_resumed_process_s_time_to_the_saved_one(tmp_path):

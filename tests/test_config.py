@@ -132,3 +132,66 @@ def test_a_finished_run_of_an_older_version_without_its_config_json_says_what_to
   with pytest.raises(ValueError, match=r"records no settings to check this command against: "
                                        r"put back a copy of config.json"):
     config_lib.check_finished(trained, {"accuracy_test": 0.5})
+
+
+ODD_NAMES = ["cane/plain.jpg", "cane/two\nlines.jpg", "cane/nel\x85.jpg", "cane/ls\u2028.jpg",
+             " cane/leading.jpg", "cane/trailing.jpg ", "cane/comma,quote\".jpg"]
+
+
+@pytest.mark.parametrize("encoding, line_end", [("utf-8", "\n"), ("utf-8-sig", "\r\n"),
+                                                ("utf-8-sig", "\n")])
+def test_an_audit_csv_round_trips_every_name_exactly(tmp_path, encoding, line_end):
+  """Written as audit.csv or as Excel's "CSV UTF-8" (byte-order mark, CRLF)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "audit.csv"
+  with open(path, "w", newline="", encoding=encoding) as file:
+    writer = csv.writer(file, lineterminator=line_end)
+    writer.writerow(["file_name", "split", "issue"])
+    writer.writerows([name, "train", "label"] for name in ODD_NAMES)
+  names, _ = config_lib.read_exclude(str(path))
+  assert names == tuple(sorted(ODD_NAMES))
+
+
+def test_a_plain_list_keeps_names_as_written_less_crlf(tmp_path):
+  path = tmp_path / "list.txt"
+  path.write_bytes("\ufeff# comment\r\ncane/a.jpg\r\n\r\ncane/b c.jpg \r\n".encode())
+  assert config_lib.read_exclude(str(path))[0] == ("cane/a.jpg", "cane/b c.jpg ")
+
+
+def test_a_semicolon_csv_names_its_delimiter(tmp_path):
+  path = tmp_path / "audit.csv"
+  path.write_text("file_name;split\ncane/a.jpg;train\n")
+  with pytest.raises(ValueError, match="is a CSV separated by ';'.*save it with commas"):
+    config_lib.read_exclude(str(path))
+
+
+def test_a_changed_exclude_list_is_summed_up_not_printed_whole(tmp_path):
+  names = tuple(f"cane/{index:05d}.jpg" for index in range(2000))
+  before = config_lib.Config(model="cnn2", model_dir=str(tmp_path), exclude=names,
+                             exclude_sha256="a")
+  config_lib.save(before)
+  (tmp_path / "backup").mkdir()
+  (tmp_path / "backup" / "train.clock.json").write_text(json.dumps({"settings_sha256": "x"}))
+  now = dataclasses.replace(before, exclude=names[1:] + ("cane/new.jpg",), exclude_sha256="b")
+  with pytest.raises(ValueError) as raised:
+    config_lib.check_resumable(now)
+  message = str(raised.value)
+  assert len(message) < 600, message
+  assert "1 name(s) more and 1 fewer than the 2000" in message
+  assert "+'cane/new.jpg'" in message and "the --exclude file as it was" in message
+
+
+def test_a_finished_run_rerun_with_another_length_is_refused(tmp_path):
+  config = config_lib.Config(model="cnn2", model_dir=str(tmp_path), epochs=2)
+  config_lib.save(config)
+  metrics = {config_lib.SETTINGS_KEY: config_lib.settings_sha256(config)}
+  config_lib.check_finished(config, metrics)  # the same command: fine
+  for change in (dict(epochs=3), dict(early_stopping_patience=2)):
+    with pytest.raises(ValueError, match="holds a finished run with other settings "
+                                         r"\(--\w+=\d+ before, \d+ now\)"):
+      config_lib.check_finished(dataclasses.replace(config, **change), metrics)
+
+
+def test_mix_alphas_past_the_cap_are_refused():
+  with pytest.raises(ValueError, match=r"--mixup must be in \[0, 100"):
+    config_lib.Config(model="cnn2", model_dir="unused", mixup=1e300)

@@ -52,10 +52,47 @@ def test_a_bad_tf_config_is_one_clear_error(monkeypatch, raw, match):
     devices.role("multi_worker")
 
 
-def test_precision_auto_follows_the_hardware_and_explicit_values_pass_through(monkeypatch):
-  assert devices.resolve_precision("float32", "auto") == "float32"
+def test_explicit_precision_passes_through_whatever_the_machine(monkeypatch):
+  monkeypatch.setenv(devices.AUTO_PRECISION_VARIABLE, "mixed_float16")
+  for policy in devices.POLICIES:
+    assert devices.resolve_precision(policy, "auto") == policy
+
+
+@pytest.mark.parametrize("machine, policy", [
+    (devices.Hardware(gpu_capabilities=((8, 0),)), "mixed_float16"),  # A100: tensor cores
+    (devices.Hardware(gpu_capabilities=((7, 0), (7, 0))), "mixed_float16"),  # V100 pair
+    (devices.Hardware(gpu_capabilities=((6, 1),)), "float32"),  # P40: no tensor cores
+    (devices.Hardware(tpu=True), "mixed_bfloat16"),
+    (devices.Hardware(cpu_flags=frozenset({"avx512f", "avx512_bf16"})), "mixed_bfloat16"),
+    (devices.Hardware(cpu_flags=frozenset({"avx512f", "amx_bf16", "amx_tile"})),
+     "mixed_bfloat16"),
+    (devices.Hardware(cpu_flags=frozenset({"avx2", "fma", "avx512f"})), "float32"),
+    (devices.Hardware(), "float32"),
+    # A GPU decides, whatever the CPU has.
+    (devices.Hardware(gpu_capabilities=((6, 0),), cpu_flags=frozenset({"amx_bf16"})),
+     "float32"),
+])
+def test_auto_picks_the_policy_of_the_hardware(machine, policy):
+  assert devices.auto_policy(machine) == policy
+
+
+def test_cpu_flags_are_read_from_cpuinfo_text():
+  cpuinfo = ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+             "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\n")
+  flags = devices.cpu_flags(cpuinfo)
+  assert {"avx512_bf16", "amx_bf16", "avx2"} <= flags and devices.cpu_has_bf16(flags)
+  assert not devices.cpu_has_bf16(devices.cpu_flags("flags\t: fpu avx2 fma\n"))
+  assert devices.cpu_flags("no flags here") == frozenset()
+
+
+def test_this_machine_s_hardware_decides_auto_unless_the_variable_forces_it(monkeypatch):
+  monkeypatch.delenv(devices.AUTO_PRECISION_VARIABLE, raising=False)
+  assert devices.resolve_precision("auto", "auto") == devices.auto_policy(
+      devices.hardware("auto"))
   assert devices.resolve_precision("auto", "tpu") == "mixed_bfloat16"
-  monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
-  assert devices.resolve_precision("auto", "auto") == "mixed_bfloat16"  # no GPU here
-  monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
-  assert devices.resolve_precision("auto", "auto") == "float32"
+  for policy in devices.POLICIES:
+    monkeypatch.setenv(devices.AUTO_PRECISION_VARIABLE, policy)
+    assert devices.resolve_precision("auto", "auto") == policy
+  monkeypatch.setenv(devices.AUTO_PRECISION_VARIABLE, "fp8")
+  with pytest.raises(ValueError, match="ANIMALS10_AUTO_PRECISION=fp8 is not one of float32"):
+    devices.resolve_precision("auto", "auto")

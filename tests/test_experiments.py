@@ -106,3 +106,21 @@ def test_weights_override_skips_the_cnns():
   assert "--weights=w.h5" in reproduce.command("mnv2_035", 0, None, "RUN", weights="w.h5")
   assert not any(arg.startswith("--weights")
                  for arg in reproduce.command("model_01", 0, None, "RUN", weights="w.h5"))
+
+
+@pytest.mark.parametrize("override, names", [
+    ("--flagfile=trainers/experiments/mnv2.flags", "flagfile"), ("--seed=7", "seed"),
+    ("--model_dir=X", "model_dir"), ("--data_dir=D", "data_dir")])
+def test_overrides_that_name_the_run_are_refused_before_anything_trains(tmp_path, override,
+                                                                        names):
+  with pytest.raises(ValueError, match=f"{override} after -- would name the run"):
+    reproduce.reproduce(["model_01"], [0], None, str(tmp_path), overrides=[override])
+  assert not (tmp_path / "model_01").exists()
+  del names
+
+
+def test_an_override_the_trainer_does_not_take_is_refused_before_anything_trains(tmp_path):
+  with pytest.raises(ValueError, match="the flags after -- are not the trainer's .*typo"):
+    reproduce.reproduce(["model_01"], [0], None, str(tmp_path), overrides=["--typo=1"])
+  assert not (tmp_path / "model_01").exists()
+  reproduce.check_overrides(["--epochs=3", "--nocache_features", "--keep_formats="])

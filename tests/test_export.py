@@ -92,7 +92,8 @@ def test_bad_arguments_and_unwritable_out_are_one_line(run_dir, tmp_path):
       (dict(quantize="int8", calibration_images=0), "--calibration_images must be at least 1"),
       (dict(quantize="float16", io="uint8"), "--io=uint8 needs --quantize=int8"),
       (dict(latency_runs=-1), "--latency_runs must be 0"),
-      (dict(max_accuracy_drop=float("nan")), "--max_accuracy_drop must be a number"),
+      (dict(max_accuracy_drop=float("nan")), "--max_accuracy_drop must be a finite number"),
+      (dict(max_accuracy_drop=float("inf")), "an infinite or NaN guard"),
   ):
     with pytest.raises(ValueError, match=message):
       export.export(str(run_dir), "tflite", str(tmp_path / "m.tflite"), **arguments)
@@ -205,3 +206,87 @@ def test_serving_default_takes_any_image_format_as_predict_does(run_dir, tmp_pat
     np.testing.assert_allclose(row, [by_label[label] for label in names], atol=0.02,
                                err_msg=name)
     assert row.argmax() == names.index(item["predictions"][0]["label"]), name
+
+
+# --- The report beside --out: only ever ours, checkable, and placed recoverably. --------
+@pytest.mark.parametrize("export_format", ["saved_model", "tflite"])
+def test_a_report_path_holding_a_file_not_ours_is_never_written(run_dir, tmp_path,
+                                                                 export_format):
+  """--out=RUN/metrics would put the report on metrics.json; --out=DIR/notes on notes.json."""
+  metrics = (run_dir / "metrics.json").read_bytes()
+  with pytest.raises(ValueError, match="metrics.json, an existing file that is not an export "
+                                       "report of ours: nothing was touched"):
+    export.export(str(run_dir), export_format, str(run_dir / "metrics"), latency_runs=0)
+  assert (run_dir / "metrics.json").read_bytes() == metrics
+  assert not (run_dir / "metrics").exists()
+  (tmp_path / "notes.json").write_text('{"mine": true}')
+  with pytest.raises(ValueError, match="not an export report of ours"):
+    export.export(str(run_dir), export_format, str(tmp_path / "notes"), latency_runs=0)
+  assert (tmp_path / "notes.json").read_text() == '{"mine": true}'
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.json"]
+
+
+def test_an_edited_report_is_refused_by_predict_and_by_a_new_export(run_dir, tmp_path, images):
+  out = tmp_path / "a.tflite"
+  export.export(str(run_dir), "tflite", str(out), latency_runs=0)
+  report_file = tmp_path / "a.tflite.json"
+  report = json.loads(report_file.read_text())
+  for edit in (dict(resize="bogus"), dict(image_size=64), dict(dataset=None)):
+    edited = {**report, **edit}
+    if edit.get("dataset", "") is None:
+      del edited["dataset"]
+    report_file.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="was edited since the export wrote it"):
+      predict.predict(None, [str(images / "dog.jpg")], model=str(out))
+    with pytest.raises(ValueError, match="was edited since the export wrote it: nothing was "
+                                         "touched"):
+      export.export(str(run_dir), "tflite", str(out), latency_runs=0)
+  report_file.write_text(json.dumps(report))  # as written: used again
+  predicted, _ = predict.predict(None, [str(images / "dog.jpg")], model=str(out))
+  assert len(predicted) == 1
+
+
+def _dead_pid() -> int:
+  done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True, text=True, check=True)
+  return int(done.stdout)
+
+
+def test_a_kill_between_the_export_and_its_report_is_finished_not_blamed(run_dir, tmp_path,
+                                                                        images):
+  """As if killed after the export's rename and before its report's: the new report still
+  waits in our scratch folder; predict and a new export finish the placement."""
+  from trainers import export_report  # pylint: disable=g-import-not-at-top
+  from trainers import run_folder  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "a.tflite"
+  export.export(str(run_dir), "tflite", str(out), latency_runs=0)
+  assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".tmp-")] == []
+  for finish in ("predict", "export"):
+    scratch = run_folder.scratch_folder(str(tmp_path), export_report.SCRATCH_PREFIX,
+                                        out=str(out))
+    record = os.path.join(scratch, run_folder.SCRATCH_RECORD)
+    with open(record, "w") as file:
+      json.dump({"out": str(out), "pid": _dead_pid()}, file)
+    os.replace(tmp_path / "a.tflite.json", os.path.join(scratch, "report.json"))
+    if finish == "predict":
+      predicted, errors = predict.predict(None, [str(images / "dog.jpg")], model=str(out))
+      assert errors == [] and len(predicted) == 1
+    else:
+      export.export(str(run_dir), "tflite", str(out), latency_runs=0)
+    assert (tmp_path / "a.tflite.json").exists() and not os.path.exists(scratch)
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["a.tflite", "a.tflite.json"]
+
+
+def test_int8_calibrates_only_on_what_the_run_trained_on(run_dir):
+  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load(str(run_dir))
+  every = export.calibration_set(config, 10_000)
+  first = export.calibration_set(config, 1)
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  builder = dataset_lib.builder(config.dataset, config.data_dir)
+  _, names = records_lib.labels_and_names(records_lib.records(builder, "train"))
+  excluded = dataclasses.replace(config, exclude=tuple(names[:5]))
+  assert len(export.calibration_set(excluded, 10_000)) == len(every) - 5
+  assert len(first) == 1

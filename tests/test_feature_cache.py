@@ -187,3 +187,27 @@ def test_features_of_other_settings_are_not_used(saved_splits, capsys):
   np.testing.assert_array_equal(np.asarray(extract("validation", settings="run-b").features),
                                 saved["validation"])
   assert "made with other settings" in capsys.readouterr().out
+
+
+def test_another_split_s_files_copied_over_are_not_trained_on(saved_splits, capsys):
+  folder, saved, extract = saved_splits
+  extract("validation"), extract("train")  # both of this run's settings (as other tests left)
+  capsys.readouterr()
+  for suffix in ("features.npy", "labels.npy", "meta.json"):  # validation's, named as train's
+    (folder / f"train.{suffix}").write_bytes((folder / f"validation.{suffix}").read_bytes())
+  again = extract("train")
+  assert "of the validation split's records, not these train records" in capsys.readouterr().out
+  np.testing.assert_array_equal(np.array(again.features), saved["train"])
+  assert json.loads((folder / "train.meta.json").read_text())["split"] == "train"
+
+
+def test_a_file_where_the_feature_folder_belongs_is_one_line(data_dir, tmp_path):
+  builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
+  inputs = keras.Input((16, 16, 3))
+  extractor = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+  (tmp_path / "fine_tune").write_text("a user's file")
+  with pytest.raises(ValueError, match="is a file where the cached activations belong"):
+    feature_cache.extract(extractor, records_lib.records(builder, "validation"),
+                          folder=str(tmp_path / "fine_tune"), split="validation",
+                          batch_size=8, image_size=16, resize="crop")
+  assert (tmp_path / "fine_tune").read_text() == "a user's file"

@@ -44,6 +44,13 @@ def test_the_rule_ignores_the_steps_after_the_loss_stops_being_finite():
     lr_find.suggest(rates, np.linspace(1, 5, 100))  # rising from the start
 
 
+def test_a_flat_range_suggests_no_rate():
+  rates = lr_find.rates(1e-9, 1e-8, 200)  # far below any rate that moves the weights
+  flat = 2.3 + np.random.default_rng(1).normal(0, 0.05, 200)
+  with pytest.raises(ValueError, match="no rate could be found: over this range the loss"):
+    lr_find.suggest(rates, flat)
+
+
 def _blobs(seed=0, count=20_000, dimensions=32, classes=10):
   rng = np.random.default_rng(seed)
   centres = rng.normal(size=(classes, dimensions)) * 3 / np.sqrt(dimensions)

@@ -222,3 +222,40 @@ def test_scan_workers_exit_when_the_build_is_killed(tmp_path):
     parent.wait()
   alive = processes.still_running(workers, seconds=20)
   assert not alive, f"orphaned scan workers {alive}"
+
+
+def test_a_decompression_bomb_in_the_archive_is_skipped_unread(tmp_path):
+  """A member that inflates past the cap is refused by its declared size, before a byte
+  of it is inflated; the good member beside it is kept."""
+  good = KEPT["baseline.jpg"][0]
+  with zipfile.ZipFile(tmp_path / "archive.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+    archive.writestr("raw-img/cane/a.jpeg", good)
+    with archive.open("raw-img/cane/bomb.jpg", "w", force_zip64=True) as member:
+      zeros = bytes(1 << 20)
+      for _ in range(source.MAX_FILE_BYTES // len(zeros) + 1):
+        member.write(zeros)
+  assert (tmp_path / "archive.zip").stat().st_size < 1 << 20
+  images = source.Source.find(tmp_path)
+  entries, _ = images.list()
+  results = list(scan.scan(images, entries, encode=True, progress=False))
+  assert results[0].encoded == good and not results[0].error
+  assert results[1].error.startswith("larger than 100 MB (100,")
+
+
+def test_the_read_is_bounded_whatever_a_size_field_claims(monkeypatch):
+  monkeypatch.setattr(source, "MAX_FILE_BYTES", 1000)
+  assert source._bounded(io.BytesIO(bytes(1000))) == bytes(1000)  # pylint: disable=W0212
+  with pytest.raises(source.TooLarge, match="or more"):
+    source._bounded(io.BytesIO(bytes(5000)))  # pylint: disable=W0212
+
+
+def test_a_huge_file_on_disk_is_skipped_by_its_size(tmp_path):
+  folder = tmp_path / "raw-img" / "cane"
+  folder.mkdir(parents=True)
+  (folder / "a.jpeg").write_bytes(KEPT["baseline.jpg"][0])
+  with open(folder / "huge.jpg", "wb") as file:
+    file.truncate(source.MAX_FILE_BYTES + 1)  # sparse: takes no disk
+  images = source.Source.find(tmp_path)
+  entries, _ = images.list()
+  results = list(scan.scan(images, entries, encode=True, progress=False))
+  assert not results[0].error and results[1].error.startswith("larger than 100 MB")

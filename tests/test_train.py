@@ -192,3 +192,25 @@ def test_corruption_found_mid_run_keeps_the_finished_epochs(damaged_copy, tmp_pa
   resumed = train.train_and_evaluate(
       trainer_runs.small_config(data_dir, tmp_path / "run", epochs=2))
   assert metrics_lib.without_clock(resumed) == straight(2)
+
+
+def test_a_run_killed_after_early_stopping_ended_it_stays_ended(data_dir, tmp_path):
+  """Killed once backup/train.early_stopping.json says patience ran out, before the phase
+  was marked done: the same command trains no further epoch."""
+  settings = dict(epochs=8, steps_per_epoch=2, learning_rate=0.01, early_stopping_patience=1,
+                  image_size=32)
+  uninterrupted = train.train_and_evaluate(trainer_runs.small_config(
+      data_dir, tmp_path / "uninterrupted", **settings))
+  history = (tmp_path / "uninterrupted" / "history.csv").read_text().splitlines()
+  assert len(history) - 1 < 8, "early stopping never ended this run: the test shows nothing"
+  run = tmp_path / "killed"
+  shutil.copytree(tmp_path / "uninterrupted", run)
+  for name in ("metrics.json", "model.keras", "backup/train.done.weights.h5"):
+    (run / name).unlink()
+  config_path = run / "config.json"
+  config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
+                                     "model_dir": str(run)}))
+  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  resumed = train.train_and_evaluate(config_lib.load(str(run)))
+  assert (run / "history.csv").read_text().splitlines() == history
+  assert metrics_lib.without_clock(resumed) == metrics_lib.without_clock(uninterrupted)

@@ -58,6 +58,21 @@ def test_imagenet_weights_and_their_preprocessing_do_the_work(runs):
   assert random["accuracy_test"] <= 0.40, random["accuracy_test"]
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_the_frozen_known_answer_holds_under_each_mixed_policy(runs, real_data_dir, tmp_path,
+                                                              policy):
+  """The same run as the float32 one under each mixed policy (both run on any CPU): a
+  GPU user gets mixed_float16, a CPU with AMX mixed_bfloat16."""
+  _, float32 = runs["frozen"]
+  metrics = train.train_and_evaluate(config_lib.Config(
+      model_dir=str(tmp_path / policy), data_dir=str(real_data_dir),
+      **{**SETTINGS, "precision": policy}))
+  assert metrics["precision"] == policy and metrics["phases"]["train"]["cached_features"]
+  assert metrics["accuracy_test"] >= 0.85, metrics["accuracy_test"]
+  assert abs(metrics["accuracy_test"] - float32["accuracy_test"]) <= 0.03, (
+      metrics["accuracy_test"], float32["accuracy_test"])
+
+
 # Issue 23's known answer: every flag of the modern recipe at once, end to end (RandAugment
 # and MixUp change the backbone's input, so nothing is cached). 15 epochs of 10 steps:
 # an EMA momentum of 0.9 (a 10-step average) suits a run this short. The issue asked for

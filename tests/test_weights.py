@@ -122,3 +122,26 @@ def test_the_shared_file_given_to_dn121_is_one_line(tmp_path):
                                                      r"dn121's backbone"):
     train.build(
         config, weights_lib.resolve("dn121", SHARED, 32))
+
+
+def test_keras_home_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+  (tmp_path / "keras").write_text("not a folder")
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+  with pytest.raises(weights_lib.WeightsError, match="is a file, where Keras keeps its "
+                                                     "weights cache"):
+    weights_lib.resolve("mnv2_035", "imagenet", 160)
+
+
+@needs_shared
+def test_imagenet_weights_tool_refuses_a_cached_file_of_another_network(tmp_path,
+                                                                         monkeypatch):
+  """The 0.35-wide file under the 1.0-wide model's name in Keras's cache: refused the
+  way the trainer would refuse it, not printed as found."""
+  from tools import imagenet_weights  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "keras" / "models"
+  folder.mkdir(parents=True)
+  wrong = folder / models.REGISTRY["mnv2"].imagenet_file(96)
+  shutil.copy(SHARED, wrong)
+  monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+  with pytest.raises(weights_lib.WeightsError, match="does not fit mnv2's backbone"):
+    imagenet_weights.find("mnv2", 96)

@@ -15,8 +15,10 @@ def main_command(*args, timeout=300):
 
 
 def small_config(data_dir, model_dir, **overrides):
+  """A tiny cnn2 config; its precision is pinned (float32 unless overridden), so no
+  figure depends on what --precision=auto picks on the machine the test lands on."""
   settings = dict(model="cnn2", model_dir=str(model_dir), data_dir=str(data_dir),
                   image_size=48, batch_size=16, epochs=2, seed=1, deterministic=True,
-                  weights="none")
+                  weights="none", precision="float32")
   settings.update(overrides)
   return config_lib.Config(**settings)

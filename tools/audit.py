@@ -90,8 +90,10 @@ def audit(data_dir: str, dataset: str, model: str, weights: str, image_size: int
     raise ValueError(f"--folds must be at least 2, got {folds}.")
   if not 0 < similarity <= 1:
     raise ValueError(f"--similarity must be in (0, 1], got {similarity}.")
-  if not np.isfinite(outlier_z):
-    raise ValueError(f"--outlier_z must be a number, got {outlier_z}.")
+  if not np.isfinite(outlier_z) or outlier_z <= 0:
+    raise ValueError(f"--outlier_z must be a number above 0, got {outlier_z}: an outlier is "
+                     "that many robust standard deviations farther than its class's median.")
+  audit_report.check_out(out)
   resolved = weights_lib.resolve(model, weights, image_size)
   if resolved is None and not allow_random_features:
     raise ValueError(f"--weights={weights} gives {model} a random backbone, whose features "

@@ -1,6 +1,16 @@
-"""The audit's files: audit.csv, audit.md and its contact sheets (see `tools.audit`)."""
+"""The audit's files: audit.csv, audit.md and its contact sheets (see `tools.audit`).
+
+audit.md is written last and ends with a marker line that records the SHA-256 of
+every other file the audit wrote and of audit.md's own text. A rerun into the
+same folder replaces those files only while they are the audit's unchanged
+output: a hand-edited audit.csv (the README's workflow: keep the rows you agree
+with) or a user's file of one of these names is refused before any work, and
+kept.
+"""
 
 import csv
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -16,6 +26,56 @@ SPLITS = split_plan.SPLITS
 COLUMNS = ("file_name", "split", "label", "suggested_label", "issue", "score", "partner_file",
            "partner_split", "phash_distance")
 SHEET_MAX = 40
+# What the audit writes into --out, audit.md (the marker) last.
+OUTPUTS = ("audit.csv", "label_issues.png", "leaks.png", "outliers.png")
+REPORT = "audit.md"
+_MARKER = "<!-- animals10 audit: "
+
+
+def _text_digest(text: str) -> str:
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _recorded(out: str):
+  """{file: SHA-256} that an unedited audit.md of ours records, else None."""
+  try:
+    with open(os.path.join(out, REPORT)) as file:
+      text = file.read()
+  except (OSError, UnicodeDecodeError):
+    return None
+  body, _, last = text.rstrip("\n").rpartition("\n")
+  if not last.startswith(_MARKER) or not last.endswith(" -->"):
+    return None
+  try:
+    record = json.loads(last[len(_MARKER):-len(" -->")])
+    files, own = record["files"], record["audit.md"]
+  except (ValueError, KeyError, TypeError):
+    return None
+  return files if own == _text_digest(body + "\n") and isinstance(files, dict) else None
+
+
+def check_out(out: str):
+  """Raises ValueError, before any work, unless the audit may write into `out`: a
+  folder (or a path to make one) where every file of `OUTPUTS` and audit.md is
+  either absent or the unchanged output of an earlier audit."""
+  if os.path.lexists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out={out} is a file; the audit writes a folder of files (audit.csv, "
+                     "audit.md, sheets): give a folder.")
+  present = [name for name in (REPORT, *OUTPUTS) if os.path.lexists(os.path.join(out, name))]
+  if not present:
+    return
+  recorded = _recorded(out)
+  for name in present:
+    path = os.path.join(out, name)
+    if name == REPORT and recorded is None:
+      raise ValueError(f"{path} is not an unedited report of an audit (edited, or not "
+                       "ours): nothing was written; move it away or choose another --out.")
+    if name != REPORT and (recorded is None or not os.path.isfile(path)
+                           or recorded.get(name) != run_folder.sha256_of(path)):
+      raise ValueError(f"{path} is not the audit's unchanged output (edited by hand, or not "
+                       "ours), and a rerun would replace it: nothing was written; move it "
+                       "away first (an edited audit.csv works as --exclude from anywhere), "
+                       "or choose another --out.")
 
 
 def phash_distance(first: int, second: int) -> int:
@@ -58,16 +118,19 @@ def write(out: str, builder, config, records, found, pairs, outliers,
   run_folder.replace_with(os.path.join(out, "audit.csv"), write_csv, suffix=".csv")
   summary = {"records": len(records.labels), "label": len(found.issues),
              "near_duplicate": len(pairs), "outlier": len(outliers)}
-  markdown = _markdown(config, records, found, pairs, summary, command)
-  run_folder.replace_with(os.path.join(out, "audit.md"),
-                          lambda temporary: _write_text(temporary, markdown), suffix=".md")
   _sheets(out, builder, config, records, found, pairs, outliers)
+  write_report(out, _markdown(config, records, found, pairs, summary, command))
   return summary
 
 
-def _write_text(path: str, text: str):
-  with open(path, "w") as file:
-    file.write(text)
+def write_report(out: str, markdown: str):
+  """Writes audit.md, last, ending in the marker line: the SHA-256 of each file of
+  `OUTPUTS` in `out` and of the report's own text."""
+  files = {name: run_folder.sha256_of(os.path.join(out, name)) for name in OUTPUTS
+           if os.path.isfile(os.path.join(out, name))}
+  markdown += _MARKER + json.dumps({"files": files, "audit.md": _text_digest(markdown)},
+                                   sort_keys=True) + " -->\n"
+  run_folder.atomic_write(os.path.join(out, REPORT), markdown.encode())
 
 
 def _markdown(config, records, found, pairs, summary, command) -> str:

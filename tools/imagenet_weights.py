@@ -33,7 +33,9 @@ def find(model: str, image_size: int) -> str:
   resolved = weights_lib.resolve(model, "imagenet", image_size)
   if resolved is None:
     raise ValueError(f"{model} has no ImageNet weights (the study's CNNs train from scratch).")
-  if resolved != "imagenet":
+  if resolved != "imagenet":  # in the cache already: checked to be this model's weights
+    built = models.build_model(model, image_size, weights=None)
+    weights_lib.load_into(models.backbone_of(built) or built, resolved, model)
     return resolved
   try:
     # Built once with weights="imagenet": Keras downloads the file into its cache.
@@ -51,7 +53,7 @@ def main(argv):
   keras.config.disable_interactive_logging()  # the download's progress bar
   try:
     print(find(_FLAGS.model, _FLAGS.image_size))
-  except ValueError as error:
+  except (ValueError, weights_lib.WeightsError) as error:
     sys.exit(f"{error}")
 
 

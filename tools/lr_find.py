@@ -13,7 +13,9 @@ its running minimum, smoothed as fastai does, or not finite).
 
 Writes DIR/lr_find.png (loss against learning rate, log scale) and
 DIR/lr_find.json, and prints the suggested rate as its last line. No run folder
-is left behind: the model and any cached features live in a temporary folder.
+is left behind: the model and any cached features live in a scratch folder
+DIR/.lr_find-scratch-*, removed at the end, and by the next sweep into DIR when a
+kill left one behind.
 
 The rule (`suggest`): smooth the losses with a centred moving average (a
 window of 5 % of the steps, at least 5, so the curve does not lag behind the
@@ -30,7 +32,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -56,6 +57,10 @@ from trainers import weights as weights_lib  # pylint: disable=g-import-not-at-t
 SMOOTHING = 0.98  # of the running average that tells divergence (fastai's)
 DIVERGED = 4.0  # stop once that average passes this many times its minimum
 WINDOW = 0.05  # of the centred moving average the rule reads, as a share of the steps
+# A fall of the smoothed loss up to this many times the losses' scatter around it
+# is noise: a flat range, where any "steepest" rate would be chance.
+FLAT = 2.0
+SCRATCH_PREFIX = ".lr_find-scratch-"
 
 
 def rates(start: float, end: float, steps: int) -> np.ndarray:
@@ -89,6 +94,15 @@ def suggest(learning_rates, losses) -> float:
   if lowest < 2:
     raise ValueError("the loss never fell in the sweep: lower --start_learning_rate (or "
                      "check the data).")
+  # The scatter of the steps around the smoothed curve, up to its minimum (robust: the
+  # median absolute residual, scaled to a standard deviation).
+  residuals = losses[:lowest + 1] - curve[:lowest + 1]
+  noise = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))
+  if curve[0] - curve[lowest] <= FLAT * noise:
+    raise ValueError(f"no rate could be found: over this range the loss fell by "
+                     f"{curve[0] - curve[lowest]:.3g}, within its step-to-step noise "
+                     f"({noise:.3g}); widen the range (--start_learning_rate, "
+                     "--end_learning_rate).")
   slope = np.gradient(curve[:lowest + 1], np.log10(np.asarray(learning_rates)[:lowest + 1]))
   return float(learning_rates[int(np.argmin(slope))])
 
@@ -127,6 +141,13 @@ def sweep(model: keras.Model, stream, learning_rates) -> list[float]:
   return diverged.losses
 
 
+def check_out(out: str):
+  """Raises ValueError unless `out` is a folder (or can become one)."""
+  if os.path.lexists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out={out} is a file; the sweep writes a folder (lr_find.png, "
+                     "lr_find.json): give a folder.")
+
+
 def run(config, out: str, *, steps: int, start: float, end: float) -> dict:
   """The range test of `config`'s first phase; writes DIR/lr_find.{png,json}.
 
@@ -140,7 +161,8 @@ def run(config, out: str, *, steps: int, start: float, end: float) -> dict:
   Returns:
     The contents of lr_find.json.
   """
-  scratch = tempfile.mkdtemp(prefix="lr_find-")
+  check_out(out)
+  scratch = run_folder.scratch_folder(out, SCRATCH_PREFIX)
   try:
     config = dataclasses.replace(config, model_dir=scratch)
     keras.utils.set_random_seed(config.seed)
@@ -215,9 +237,14 @@ def main(argv):
   values = flags.FLAGS
   if values.sweep_steps < 2:
     sys.exit(f"error: --sweep_steps must be at least 2, got {values.sweep_steps}.")
-  if not 0 < values.start_learning_rate < values.end_learning_rate:
-    sys.exit("error: --start_learning_rate and --end_learning_rate must be positive, the "
-             "first below the second.")
+  if not (0 < values.start_learning_rate < values.end_learning_rate
+          and math.isfinite(values.end_learning_rate)):
+    sys.exit("error: --start_learning_rate and --end_learning_rate must be positive finite "
+             "numbers, the first below the second.")
+  try:
+    check_out(values.out)
+  except ValueError as error:
+    sys.exit(f"error: {error}")
   values.model_dir = values.model_dir or "unused"
   try:
     result = run(trainer_main.config_from_flags(), values.out, steps=values.sweep_steps,

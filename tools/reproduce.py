@@ -16,6 +16,8 @@ study's settings do not fit; e.g. on a set where some classes are all PNG:
     python -m tools.reproduce ... -- --keep_formats= --keep_modes= --balance=class_weight
 
 Each run records them in its config.json (`overrides`) besides their effect.
+Flags that name the run (--flagfile, --model_dir, --seed, --data_dir) are refused
+after `--`, as is any flag the trainer does not take, before anything trains.
 """
 
 import os
@@ -34,6 +36,26 @@ QUICK = ("--epochs=2", "--steps_per_epoch=3", "--fine_tune_epochs=1",
          "--early_stopping_patience=0", "--warmup_epochs=0")  # no warm-up: 2 epochs are short
 
 _FLAGS = flags.FLAGS
+# Trainer flags that name a run, which reproduce sets itself: after `--` they would
+# train another experiment, seed or folder under this one's name.
+NAMES_THE_RUN = {
+    "flagfile": "each run's flagfile is its experiment's (choose it with --experiments)",
+    "model_dir": "each run's folder is OUT/<experiment>/seed_<n> (choose OUT with --out)",
+    "seed": "each run's seed is one of --seeds",
+    "data_dir": "give it to reproduce itself as --data_dir",
+    "override": "reproduce records the overrides itself"}
+# Parses flags as the trainer does, in a process of its own (the trainer's flags
+# would clash with these), and prints the parser's one line if they do not parse.
+_PARSE_AS_TRAINER = """
+import sys
+from absl import flags
+from trainers import main
+main.define_flags()
+try:
+  flags.FLAGS(["trainers.main", "--model=cnn2", *sys.argv[1:]])
+except flags.Error as error:
+  sys.exit(str(error))
+"""
 
 
 def available() -> list[str]:
@@ -77,9 +99,7 @@ def reproduce(experiments, seeds, data_dir, out, quick=False, weights=None,
   if unknown:
     raise ValueError(f"Unknown experiment(s) {', '.join(unknown)}: choose from "
                      f"{', '.join(available())}.")
-  for flag in overrides:
-    if not flag.startswith("--"):
-      raise ValueError(f"{flag!r} after -- is not a trainer flag: write it as --name=value.")
+  check_overrides(overrides)
   run_dirs = []
   for experiment in experiments:
     for seed in seeds:
@@ -92,9 +112,32 @@ def reproduce(experiments, seeds, data_dir, out, quick=False, weights=None,
           command(experiment, seed, data_dir, run_dir, quick, weights, cache_features,
                   overrides), check=False)
       if result.returncode:
-        raise ValueError(f"{experiment} seed {seed} failed (exit {result.returncode}); "
-                         "rerun the same command to resume it.")
+        raise ValueError(f"{experiment} seed {seed} stopped (exit {result.returncode}) with "
+                         "the trainer's line above; a killed or interrupted run resumes when "
+                         "the same command is run again.")
   return run_dirs
+
+
+def check_overrides(overrides):
+  """Raises ValueError, before anything trains, for an override that is not a trainer
+  flag, names the run (`NAMES_THE_RUN`), or does not parse as the trainer's flags."""
+  for flag in overrides:
+    if not flag.startswith("--"):
+      raise ValueError(f"{flag!r} after -- is not a trainer flag: write it as --name=value.")
+    name = flag[2:].split("=", 1)[0]
+    name = name[2:] if name.startswith("no") and name[2:] in NAMES_THE_RUN else name
+    if name in NAMES_THE_RUN:
+      raise ValueError(f"{flag} after -- would name the run, not change how it trains "
+                       f"({NAMES_THE_RUN[name]}): nothing was trained.")
+  if not overrides:
+    return
+  parsed = subprocess.run([sys.executable, "-c", _PARSE_AS_TRAINER, *overrides],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  if parsed.returncode:
+    lines = [line for line in parsed.stderr.splitlines() if line.strip()] or ["?"]
+    raise ValueError(f"the flags after -- are not the trainer's ({lines[-1].strip()}): "
+                     "nothing was trained; see python -m trainers.main --helpfull.")
 
 
 def _define_flags():

@@ -69,9 +69,26 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
   def on_epoch_end(self, epoch, logs=None):
     super().on_epoch_end(epoch, logs)
+    # "stopped" and the epochs done: a run killed after patience ran out, and
+    # resumed from that epoch's backup, stops there too (`stopped_after`).
     run_folder.write_json(self.state_path, {
         "wait": self.wait, "best": None if self.best is None else float(self.best),
-        "best_epoch": self.best_epoch})
+        "best_epoch": self.best_epoch, "epochs_done": epoch + 1,
+        "stopped": bool(getattr(self.model, "stop_training", False))})
+
+
+def stopped_after(state_path: str) -> Optional[int]:
+  """The epochs a phase had done when early stopping ended it, per its saved state;
+  None when it has not stopped (or no state was saved)."""
+  try:
+    with open(state_path) as file:
+      state = json.load(file)
+  except (OSError, ValueError):
+    return None
+  if isinstance(state, dict) and state.get("stopped") and isinstance(
+      state.get("epochs_done"), int):
+    return state["epochs_done"]
+  return None
 
 
 class Backup(keras.callbacks.BackupAndRestore):
@@ -243,6 +260,9 @@ class PhaseCallbacks:
   steps: StepCounter
   clock: PhaseClock
   first_epoch: int
+  # Early stopping had ended the phase at the epoch its backup restores: no more
+  # epochs train (a kill came after the stop, before the phase was marked done).
+  stopped_early: bool = False
 
 
 def phase_callbacks(model: keras.Model, *, paths: run_paths.RunPaths, own: run_paths.RunPaths,
@@ -279,11 +299,13 @@ def phase_callbacks(model: keras.Model, *, paths: run_paths.RunPaths, own: run_p
                   keras.callbacks.TensorBoard(own.logs(phase))]
   else:
     callbacks.append(RestoreOnly(backup_dir))
+  stopped_early = False
   if early_stopping_patience:
     callbacks.append(ResumableEarlyStopping(
         own.early_stopping(phase), restore_from=paths.early_stopping(phase),
         monitor="val_loss", patience=early_stopping_patience))
-  return PhaseCallbacks(callbacks, steps, clock, first_epoch)
+    stopped_early = first_epoch > 0 and stopped_after(paths.early_stopping(phase)) == first_epoch
+  return PhaseCallbacks(callbacks, steps, clock, first_epoch, stopped_early)
 
 
 def restored_epoch(model, backup_dir: str, strategy) -> int:

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import math
 import os
@@ -96,30 +97,48 @@ def read_exclude(path: str) -> tuple[tuple[str, ...], str]:
   """(sorted file names, SHA-256 of the list) of an --exclude file.
 
   A CSV whose header has a `file_name` column (such as tools.audit's audit.csv,
-  filtered by hand) gives that column; any other file is a plain list, one name
-  per line (blank lines and lines starting with # skipped).
+  filtered by hand, or saved by Excel as "CSV UTF-8" with its byte-order mark and
+  CRLF) gives that column, parsed as CSV: a quoted name keeps its newlines, spaces
+  and any other character the build accepts, so audit.csv round-trips exactly. Any
+  other file is a plain list, one name per line as written (blank lines and lines
+  starting with # skipped; a CRLF line end is not part of the name).
 
   Raises:
     ValueError: one line, when the file cannot be read or names nothing.
   """
   try:
-    with open(path, newline="") as file:
+    with open(path, newline="", encoding="utf-8-sig") as file:
       text = file.read()
   except (OSError, UnicodeDecodeError) as error:
     reason = getattr(error, "strerror", None) or error
     raise ValueError(f"--exclude={path} cannot be read ({reason}): give a CSV with a "
                      "file_name column or a list of file names.") from None
-  lines = text.splitlines()
-  header = next(csv.reader(lines[:1]), [])
+  first_line = text.split("\n", 1)[0].rstrip("\r")
+  header = next(csv.reader([first_line]), [])
   if "file_name" in header:
-    names = [row.get("file_name") or "" for row in csv.DictReader(lines)]
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    names = [row.get("file_name") or "" for row in rows]
+  elif "file_name" in first_line and any(sep in first_line for sep in ";\t|"):
+    separator = next(sep for sep in ";\t|" if sep in first_line)
+    raise ValueError(f"--exclude={path} is a CSV separated by {separator!r} (as Excel saves "
+                     "it in some locales): save it with commas (\"CSV UTF-8\"), or give one "
+                     "file name per line.")
   else:
-    names = [line for line in lines if line.strip() and not line.startswith("#")]
-  names = sorted({name.strip() for name in names if name.strip()})
+    names = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+    names = [line for line in names if line.strip() and not line.startswith("#")]
+  names = sorted({name for name in names if name.strip()})
   if not names:
     raise ValueError(f"--exclude={path} names no file: give a CSV with a file_name column "
                      "or a list of file names, one per line.")
   return tuple(names), hashlib.sha256("\n".join(names).encode()).hexdigest()
+
+
+def exclude_change(before: tuple, now: tuple) -> str:
+  """How an --exclude list changed, in a few words (never the lists whole)."""
+  added, removed = sorted(set(now) - set(before)), sorted(set(before) - set(now))
+  examples = [f"+{name!r}" for name in added[:3]] + [f"-{name!r}" for name in removed[:3]]
+  return (f"--exclude lists {len(added)} name(s) more and {len(removed)} fewer than the "
+          f"{len(before)} the run has (e.g. {', '.join(examples[:3])})")
 
 
 def _check(config: Config):
@@ -159,9 +178,15 @@ def _check(config: Config):
     raise ValueError("--strategy=tpu needs --tpu=NAME_OR_ADDRESS.")
 
 
+MIX_ALPHA_MAX = 100.0
+
+
 def _check_recipe(config: Config):
   """The modern recipe's flags: ranges, and combinations that would mean nothing."""
-  bounded = {"label_smoothing": (0, 1), "mixup": (0, math.inf), "cutmix": (0, math.inf),
+  # MixUp's and CutMix's alpha past MIX_ALPHA_MAX only mixes every pair closer to half and
+  # half, and from about 1e30 Beta's sampling overflows to NaN.
+  bounded = {"label_smoothing": (0, 1), "mixup": (0, MIX_ALPHA_MAX),
+             "cutmix": (0, MIX_ALPHA_MAX),
              "weight_decay": (0, math.inf), "ema_momentum": (0, 1)}
   for name, (low, high) in bounded.items():
     value = getattr(config, name)
@@ -195,6 +220,9 @@ RESUMABLE_CHANGES = ("model_dir", "data_dir", "strategy", "tpu", "virtual_device
                      "cluster_timeout", "cache", "cache_features", "deterministic", "epochs",
                      "fine_tune_epochs", "early_stopping_patience", "allow_empty_classes",
                      "overrides")
+# Of those, the ones that set how long a run trains: a finished run rerun with them
+# changed is refused (it would report the old result as if of the new length).
+FINISHED_LENGTH = ("epochs", "fine_tune_epochs", "early_stopping_patience")
 # Settings that may differ between the seeds of one experiment (tools.compare):
 # where and how fast it ran. Anything else means the runs are not one experiment.
 SAME_EXPERIMENT_EXCEPT = ("seed", "model_dir", "data_dir", "strategy", "tpu",
@@ -273,6 +301,9 @@ def check_resumable(config: Config):
   if before is not None:
     changed = _changes(before, config)
     if changed and recorded:
+      if before.exclude != config.exclude:  # its flagfile names the changed list file
+        resume = ("the --exclude file as it was (its names are the \"exclude\" list of "
+                  f"{paths.config})")
       raise ValueError(f"{config.model_dir} holds a run with other settings "
                        f"({'; '.join(changed)}): use a new --model_dir, or resume it with "
                        f"{resume}.")
@@ -302,10 +333,17 @@ def check_finished(config: Config, metrics: dict):
   except ValueError:
     before = None
   if before is not None:
-    if recorded is not None and recorded != mine:
+    # A finished run's length is part of its result, though a killed run may resume
+    # with it changed.
+    changes = _changes(before, config) + [
+        f"--{name}={getattr(before, name)!r} before, {getattr(config, name)!r} now"
+        for name in FINISHED_LENGTH if name in RESUMABLE_CHANGES
+        and getattr(before, name) != getattr(config, name)
+        and (name != "fine_tune_epochs" or config.fine_tune)]
+    if (recorded is not None and recorded != mine) or changes:
       raise ValueError(f"{config.model_dir} holds a finished run with other settings "
-                       f"({'; '.join(_changes(before, config))}): use a new --model_dir to "
-                       "train with these.")
+                       f"({'; '.join(dict.fromkeys(changes)) or 'its settings hash differs'}"
+                       "): use a new --model_dir to train with these.")
     return
   if recorded is None:
     raise ValueError(f"{paths.config} is missing or unreadable, and the finished run in "
@@ -326,9 +364,15 @@ def _changes(before: Config, now: Config) -> list[str]:
   resumable = RESUMABLE_CHANGES
   if now.schedule != "constant":  # the schedule spans each phase: its length is fixed
     resumable = tuple(name for name in resumable if name not in ("epochs", "fine_tune_epochs"))
-  return [f"--{name}={getattr(before, name)!r} before, {getattr(now, name)!r} now"
-          for name in dataclasses.asdict(now) if name not in resumable
-          and getattr(now, name) != getattr(before, name)]
+  changes = []
+  for name in dataclasses.asdict(now):
+    if name in resumable or getattr(now, name) == getattr(before, name):
+      continue
+    if name == "exclude":
+      changes.append(exclude_change(before.exclude, now.exclude))
+    elif name != "exclude_sha256":  # said with exclude
+      changes.append(f"--{name}={getattr(before, name)!r} before, {getattr(now, name)!r} now")
+  return changes
 
 
 def save(config: Config):

@@ -80,34 +80,94 @@ def split_cpu(count: int):
         cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
 
 
-def cpu_has_bf16() -> bool:
-  """Whether this CPU has bfloat16 arithmetic (AVX512_BF16 or AMX)."""
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+# Makes `--precision=auto` pick this policy whatever the hardware (tests, CI: to show
+# that no test depends on what auto picks here). Read only by `resolve_precision`.
+AUTO_PRECISION_VARIABLE = "ANIMALS10_AUTO_PRECISION"
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+  """What `--precision=auto` decides by.
+
+  Attributes:
+    gpu_capabilities: the CUDA compute capability of each visible GPU.
+    cpu_flags: the CPU's feature flags, as /proc/cpuinfo spells them.
+    tpu: the run uses a TPU (--strategy=tpu).
+  """
+
+  gpu_capabilities: tuple[tuple[int, int], ...] = ()
+  cpu_flags: frozenset = frozenset()
+  tpu: bool = False
+
+
+def cpu_flags(cpuinfo: str) -> frozenset:
+  """The feature flags of the first CPU listed in a /proc/cpuinfo text."""
+  for line in cpuinfo.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() == "flags":
+      return frozenset(value.split())
+  return frozenset()
+
+
+def _cpuinfo() -> str:
   try:
     with open("/proc/cpuinfo") as file:
-      flags = file.read()
+      return file.read()
   except OSError:
-    return False
-  return "avx512_bf16" in flags or "amx_bf16" in flags
+    return ""
 
 
-def resolve_precision(precision: str, strategy: str) -> str:
-  """The Keras policy for `--precision`; "auto" picks what is fast here.
+def hardware(strategy: str) -> Hardware:
+  """This machine's `Hardware`, for a run of `--strategy=strategy`."""
+  capabilities = []
+  for gpu in tf.config.list_physical_devices("GPU"):
+    capability = tf.config.experimental.get_device_details(gpu).get(
+        "compute_capability", (0, 0))
+    capabilities.append(tuple(capability))
+  return Hardware(gpu_capabilities=tuple(capabilities), cpu_flags=cpu_flags(_cpuinfo()),
+                  tpu=strategy == "tpu")
+
+
+def cpu_has_bf16(flags: Optional[frozenset] = None) -> bool:
+  """Whether the CPU (default: this one) has bfloat16 arithmetic (AVX512_BF16 or AMX)."""
+  flags = cpu_flags(_cpuinfo()) if flags is None else flags
+  return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def auto_policy(machine: Hardware) -> str:
+  """The policy `--precision=auto` picks on `machine`.
 
   Measured on a 2-core AVX512_BF16 CPU, cnn2 trains at 259 img/s in float32,
   401 in mixed_bfloat16 and 62 in mixed_float16 (no fp16 units): so fp16 only on
   GPUs that have tensor cores (compute capability >= 7.0), bf16 on TPUs and on
-  CPUs with bf16 instructions, float32 otherwise.
+  CPUs with bf16 instructions, float32 otherwise (older GPUs gain nothing from
+  fp16 and would pay for loss scaling).
+  """
+  if machine.tpu:
+    return "mixed_bfloat16"
+  if machine.gpu_capabilities:
+    return "mixed_float16" if machine.gpu_capabilities[0] >= (7, 0) else "float32"
+  return "mixed_bfloat16" if cpu_has_bf16(machine.cpu_flags) else "float32"
+
+
+def resolve_precision(precision: str, strategy: str) -> str:
+  """The Keras policy for `--precision`: "auto" is `auto_policy` of this machine,
+  or the policy named by the ANIMALS10_AUTO_PRECISION environment variable.
+
+  Raises:
+    ValueError: that variable names no policy.
   """
   if precision != "auto":
     return precision
-  if strategy == "tpu":
-    return "mixed_bfloat16"
-  gpus = tf.config.list_physical_devices("GPU")
-  if gpus:
-    capability = tf.config.experimental.get_device_details(gpus[0]).get(
-        "compute_capability", (0, 0))
-    return "mixed_float16" if tuple(capability) >= (7, 0) else "float32"
-  return "mixed_bfloat16" if cpu_has_bf16() else "float32"
+  forced = os.environ.get(AUTO_PRECISION_VARIABLE, "")
+  if forced:
+    if forced not in POLICIES:
+      raise ValueError(f"{AUTO_PRECISION_VARIABLE}={forced} is not one of "
+                       f"{', '.join(POLICIES)}: set one of them, or unset it to let "
+                       "--precision=auto follow the hardware.")
+    return forced
+  return auto_policy(hardware(strategy))
 
 
 def make_strategy(name: str, tpu: str = "", cluster_timeout: float = 300,

@@ -83,6 +83,8 @@ def calibration_set(config: config_lib.Config, count: int) -> np.ndarray:
   builder = dataset_lib.builder(config.dataset, config.data_dir)
   filters = split_plan.filters_of(config)
   _, names = records_lib.labels_and_names(records_lib.records(builder, "train", filters))
+  excluded = set(config.exclude)  # calibrated on what the run trained on
+  names = [name for name in names if name not in excluded]
   chosen = np.random.default_rng(config.seed).permutation(len(names))[:count]
   keep = [names[index] for index in sorted(chosen)]
   decoded = input_pipeline.images(records_lib.records(builder, "train", filters, keep),
@@ -139,18 +141,16 @@ def export(model_dir: str, export_format: str, out: str = None, *, quantize: str
   if max_accuracy_drop is None:
     max_accuracy_drop = tflite_file.MAX_ACCURACY_DROP[quantize]
   if not np.isfinite(max_accuracy_drop):
-    raise ValueError(f"--max_accuracy_drop must be a number, got {max_accuracy_drop}: a NaN "
-                     "would let any drop pass.")
+    raise ValueError(f"--max_accuracy_drop must be a finite number, got {max_accuracy_drop}: "
+                     "an infinite or NaN guard would let any drop pass.")
   config = config_lib.load_finished(model_dir)
   run = results.load(model_dir)
   out = out or run_paths.RunPaths(model_dir).export(export_format)
   export_report.check_out(out, export_format)
-  parent = os.path.dirname(os.path.abspath(out))
   try:
-    os.makedirs(parent, exist_ok=True)
-    # Written beside `out` under a temporary name and checked there: only an
+    # Written beside `out` in a scratch folder of ours and checked there: only an
     # export that passes the check takes `out`'s place.
-    temporary = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+    temporary = export_report.scratch_folder(out)
   except OSError as error:
     raise ValueError(f"--out={out} cannot be written ({error.strerror or error}): choose a "
                      "folder you can write to.") from None
@@ -191,16 +191,15 @@ def export(model_dir: str, export_format: str, out: str = None, *, quantize: str
                                   written, _latency_image(config.image_size), latency_runs)),
                  "keras": keras_latency.measure(run_paths.RunPaths(model_dir).model,
                                                 config.image_size, latency_runs)}
-    _put_in_place(written, out)
     report = {"path": out, "format": export_format, "quantize": quantize,
-              "io": io if export_format == "tflite" else None, "bytes": export_report.bytes_of(out),
+              "io": io if export_format == "tflite" else None, "bytes": export_report.bytes_of(written),
               **figures, "accuracy_drop": drop, "max_accuracy_drop": max_accuracy_drop,
               "latency_ms": latency,
               "calibration_images": int(len(calibration)) if quantize == "int8" else None,
               "model_dir": model_dir, "image_size": config.image_size, "resize": config.resize,
               "dataset": config.dataset, "class_names": list(source.LABELS),
-              "content": export_report.content(out)}
-    run_folder.write_json(export_report.report_path(out), report)
+              "content": export_report.content(written)}
+    report = export_report.place(written, out, report, _put_in_place)
   except OSError as error:
     if run_folder.is_disk_full(error):
       raise run_folder.NoSpaceLeft(out) from None

@@ -23,6 +23,7 @@ memory-mapped: the streams read a batch of rows at a time.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -100,6 +101,10 @@ class SplitFeatures:
     return tf.data.Dataset.from_tensor_slices(
         (np.arange(len(self.labels), dtype=np.int64), np.asarray(self.labels, np.int64)))
 
+  # Not converted by AutoGraph (it is a NumPy call): in a long process, AutoGraph's
+  # cache of converted functions was seen to hand this call another function's
+  # conversion ("tf__indexed() takes 1 positional argument but 2 were given").
+  @tf.autograph.experimental.do_not_convert
   def lookup(self, indices: tf.Tensor):
     """The rows `indices` (a batch) of every array: a float32 tensor, or a tuple of
     them for a cut of several tensors."""
@@ -143,13 +148,18 @@ def extract(extractor: keras.Model, records: tf.data.Dataset, *, folder: str, sp
     The split's `SplitFeatures`, in the order of `records`.
   """
   shapes = [tuple(output.shape[1:]) for output in extractor.outputs]
-  saved, problem = _load_saved(folder, split, settings_sha256, len(shapes))
+  if os.path.lexists(folder) and not os.path.isdir(folder):
+    raise ValueError(f"{folder} is a file where the cached activations belong: move it away "
+                     "and run the same command again.")
+  labels, names = records_lib.labels_and_names(records)
+  # Which records the rows are of: a split's files copied over another's are caught.
+  records_sha256 = hashlib.sha256("\n".join(names).encode()).hexdigest()
+  saved, problem = _load_saved(folder, split, settings_sha256, len(shapes), records_sha256)
   if saved is not None:
     return saved
   if problem:
     print(f"info: cached features of {split} in {folder} cannot be used ({problem}); "
           "extracting them again.", flush=True)
-  labels, _ = records_lib.labels_and_names(records)
   count = len(labels)
   paths = _paths(folder, split, len(shapes))
   image_bytes = sum(4 * int(np.prod(shape)) for shape in shapes)
@@ -190,7 +200,7 @@ def extract(extractor: keras.Model, records: tf.data.Dataset, *, folder: str, sp
       "count": count, "shapes": [list(shape) for shape in shapes], "dtype": "float32",
       "features_sha256": [run_folder.sha256_of(path) for path in paths.arrays],
       "labels_sha256": run_folder.sha256_of(paths.labels),
-      "settings_sha256": settings_sha256})
+      "settings_sha256": settings_sha256, "split": split, "records_sha256": records_sha256})
   return SplitFeatures([_in_memory(np.load(path, mmap_mode="r")) for path in paths.arrays],
                        labels)
 
@@ -230,11 +240,14 @@ def _temporaries(paths: tuple[str, ...], expected_bytes: int) -> list[str]:
   except OSError as error:
     if run_folder.is_disk_full(error):
       raise run_folder.NoSpaceLeft(paths[0]) from None
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+      raise ValueError(f"{directory} cannot be made ({error.strerror}): a file stands in its "
+                       "path; move it away and run the same command again.") from None
     raise
 
 
-def _load_saved(folder: str, split: str, settings_sha256: Optional[str],
-                tensors: int) -> tuple[Optional[SplitFeatures], str]:
+def _load_saved(folder: str, split: str, settings_sha256: Optional[str], tensors: int,
+                records_sha256: str) -> tuple[Optional[SplitFeatures], str]:
   """(features, "") when the saved split checks out, else (None, why not; "" if none saved)."""
   paths = _paths(folder, split, tensors)
   if not os.path.exists(paths.meta):
@@ -252,6 +265,9 @@ def _load_saved(folder: str, split: str, settings_sha256: Optional[str],
     return None, f"{os.path.basename(paths.meta)} is unreadable ({type(error).__name__})"
   if recorded_settings != settings_sha256:
     return None, "made with other settings"
+  if meta.get("split") != split or meta.get("records_sha256") != records_sha256:
+    return None, (f"they are of the {meta.get('split')} split's records, not these "
+                  f"{split} records")
   if len(shapes) != tensors or len(expected) != tensors + 1:
     return None, f"it holds {len(shapes)} tensors, this cut {tensors}"
   for path, digest in expected.items():

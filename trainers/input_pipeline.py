@@ -237,16 +237,21 @@ _DRAWS_PER_BATCH = 1000
 def _mixed(batches: tf.data.Dataset, stream: TrainingStream) -> tf.data.Dataset:
   """Batches mixed by Keras's MixUp or CutMix, labels one-hot then mixed.
 
+  The mixing runs in float32 under every precision policy, so a batch is mixed
+  identically under float32, mixed_bfloat16 and mixed_float16.
   Each batch's randomness is keyed by the run's seed and the batch's index in the
   whole run (the layer's seed generator is set to it before the call, in a
   sequential map), so a resumed run mixes exactly as an uninterrupted one did.
   A mixed example keeps the class weight of the image it is mixed into.
   """
+  # Mixed in float32 whatever the run's policy: the layers would otherwise take the
+  # global mixed policy's compute dtype and mix bf16/fp16 images with float32 draws
+  # (a dtype error), and the images stay float32 until the model casts them.
   layers = []
   if stream.mixup:
-    layers.append(keras.layers.MixUp(alpha=stream.mixup))
+    layers.append(keras.layers.MixUp(alpha=stream.mixup, dtype="float32"))
   if stream.cutmix:
-    layers.append(keras.layers.CutMix(factor=stream.cutmix))
+    layers.append(keras.layers.CutMix(factor=stream.cutmix, dtype="float32"))
 
   def mix(index, batch):
     images, labels, *weights = batch

@@ -144,3 +144,56 @@ def sha256_of(path: str) -> str:
     for block in iter(lambda: file.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
+
+
+# A scratch folder of ours holds this file: the process that made it, and what for.
+SCRATCH_RECORD = "animals10-scratch.json"
+
+
+def scratch_folder(parent: str, prefix: str, **record) -> str:
+  """A new scratch folder `parent/<prefix>XXXX` marked as ours (`SCRATCH_RECORD`:
+  this process's pid and `record`), after removing the ones of dead processes."""
+  os.makedirs(parent, exist_ok=True)
+  for folder, _ in stale_scratch(parent, prefix):
+    shutil.rmtree(folder, ignore_errors=True)
+  folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+  with open(os.path.join(folder, SCRATCH_RECORD), "w") as file:
+    json.dump({**record, "pid": os.getpid()}, file)
+  return folder
+
+
+def scratch_folders(parent: str, prefix: str):
+  """(folder, its record) of every scratch folder of ours named `prefix`* in `parent`:
+  a folder without our record is not ours and is never listed."""
+  try:
+    names = sorted(os.listdir(parent))
+  except OSError:
+    return
+  for name in names:
+    folder = os.path.join(parent, name)
+    if not name.startswith(prefix) or os.path.islink(folder):
+      continue
+    try:
+      with open(os.path.join(folder, SCRATCH_RECORD)) as file:
+        record = json.load(file)
+    except (OSError, ValueError):
+      continue
+    if isinstance(record, dict):
+      yield folder, record
+
+
+def stale_scratch(parent: str, prefix: str):
+  """`scratch_folders` whose process is gone (killed, or ended without cleaning up)."""
+  return [(folder, record) for folder, record in scratch_folders(parent, prefix)
+          if not alive(record.get("pid"))]
+
+
+def alive(pid) -> bool:
+  """Whether a process of this id runs on this machine."""
+  try:
+    os.kill(int(pid), 0)
+  except (ProcessLookupError, ValueError, TypeError, OverflowError):
+    return False
+  except PermissionError:
+    return True
+  return True

@@ -4,7 +4,7 @@ Precision is set once before anything is built; the model is built and compiled
 in one place, inside `strategy.scope()`. A rerun of the same config resumes a
 killed run from its last finished epoch (BackupAndRestore in the run folder).
 
-Under --strategy=multi_worker every worker runs role same function: each reads
+Under --strategy=multi_worker every worker runs the same function: each reads
 its own share of the records, only the chief writes the run folder (the others
 restore from it and keep their own state in a scratch folder they delete), and
 only the chief evaluates, once, over the whole test split.
@@ -138,7 +138,7 @@ def _train_and_evaluate(config: config_lib.Config, strategy, role: devices.Role,
       clocks[phase.name] = _fit(model, phase, data, config, role, scratch or config.model_dir)
     with strategy.scope():  # every worker: under multi-worker, compiling is collective
       recipe_lib.compile_for_saving(model)
-    result = _evaluate(model, data, config, clocks) if role.is_chief else None
+    result = _evaluate(model, data, config, clocks, precision) if role.is_chief else None
     if role.num_workers > 1:
       steps = sum(clock["steps"] for clock in clocks.values())
       print(f"{role.name} of {role.num_workers}: {steps} training steps of "
@@ -186,7 +186,7 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
          config: config_lib.Config, role: devices.Role, own_dir: str) -> dict:
   """Trains one phase, resuming from the run folder's backup; returns its clock.
 
-  `own_dir` is where role process writes: the run folder for the chief, a
+  `own_dir` is where this process writes: the run folder for the chief, a
   scratch folder for the other workers (which restore from the chief's backup).
   When `feature_cache.reason_not_cached` allows, a transfer model's phase
   trains on cached activations (same batches, same optimizer, same callbacks,
@@ -237,7 +237,10 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
       settings_sha256=config_lib.settings_sha256(config), images_per_step=config.batch_size,
       early_stopping_patience=config.early_stopping_patience, started=started)
   validation, validation_steps = data.validation(features.get("validation"))
-  if resume.first_epoch < phase.epochs:
+  if resume.stopped_early and role.is_chief:
+    print(f"info: early stopping had ended the {phase.name} phase after epoch "
+          f"{phase.epoch_offset + resume.first_epoch}; it stays ended.", flush=True)
+  if resume.first_epoch < phase.epochs and not resume.stopped_early:
     trainee.fit(data.training(resume.first_epoch, phase.epochs, features.get("train")),
                 validation_data=validation, validation_steps=validation_steps,
                 epochs=phase.epochs, steps_per_epoch=data.steps, shuffle=False,
@@ -285,7 +288,7 @@ def _extract_features(extractor: keras.Model, data: batches.WorkerBatches,
 
 
 def _evaluate(model: keras.Model, data: batches.WorkerBatches, config: config_lib.Config,
-              clocks: dict) -> dict:
+              clocks: dict, precision: str) -> dict:
   """Predicts the whole test split once and writes the run folder's results.
 
   The test batches are full and padded (see `split_plan.EvalPlan`), so any
@@ -310,6 +313,9 @@ def _evaluate(model: keras.Model, data: batches.WorkerBatches, config: config_li
   result = results.metrics(config.model_dir, labels, probabilities, data.class_names, clocks,
                            plain=plain)
   result.update(results.identity(config_lib.settings_sha256(config), data.builder, names))
+  # The policy the run trained and evaluated under (what --precision=auto picked):
+  # results are bit-identical only within one policy on one kind of machine.
+  result["precision"] = precision
   selected = figures.select_errors(labels, probabilities)
   results.write(config.model_dir, result, names, labels, probabilities, data.class_names,
                 _decoded(data, config, [names[index] for index in selected]),

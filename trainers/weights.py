@@ -27,8 +27,16 @@ class WeightsError(ValueError):
 
 
 def keras_models_folder() -> str:
-  """Where Keras caches downloaded weights: $KERAS_HOME/models, default ~/.keras/models."""
+  """Where Keras caches downloaded weights: $KERAS_HOME/models, default ~/.keras/models.
+
+  Raises:
+    WeightsError: KERAS_HOME (or its models/) is a file, where Keras needs a folder.
+  """
   home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+  for path in (home, os.path.join(home, "models")):
+    if os.path.lexists(path) and not os.path.isdir(path):
+      raise WeightsError(f"{path} is a file, where Keras keeps its weights cache (KERAS_HOME="
+                         f"{home}): set KERAS_HOME to a folder, or move the file away.")
   return os.path.join(home, "models")
 
 

@@ -52,6 +52,9 @@ def precisions() -> list[str]:
     available.append("mixed_bfloat16")
   if tf.config.list_physical_devices("GPU"):
     available.append("mixed_float16")
+  auto = devices.resolve_precision("auto", "auto")  # forced by ANIMALS10_AUTO_PRECISION too
+  if auto not in available:
+    available.append(auto)
   return available
 
 

@@ -75,7 +75,8 @@ def test_config_json_gives_back_the_config_trained_with(run_dir, data_dir):
   config = config_lib.load(str(run_dir))
   assert config == config_lib.Config(
       model="cnn2", model_dir=str(run_dir), data_dir=str(data_dir), image_size=40,
-      resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none")
+      resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none",
+      precision="float32")
   assert isinstance(config.head_units, tuple)
 
 
@@ -86,7 +87,8 @@ def test_resuming_with_other_settings_is_refused(run_dir, data_dir):
                                          r"before, 48 now\): use a new --model_dir"):
       train.train_and_evaluate(config_lib.Config(
           model="cnn2", model_dir=str(run_dir), data_dir=str(data_dir), image_size=48,
-          resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none"))
+          resize="stretch", batch_size=16, epochs=1, steps_per_epoch=3, weights="none",
+          precision="float32"))
   finally:
     (run_dir / "metrics.moved").rename(run_dir / "metrics.json")
 

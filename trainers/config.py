@@ -334,16 +334,14 @@ def check_finished(config: Config, metrics: dict):
     before = None
   if before is not None:
     # A finished run's length is part of its result, though a killed run may resume
-    # with it changed.
-    changes = _changes(before, config) + [
-        f"--{name}={getattr(before, name)!r} before, {getattr(config, name)!r} now"
-        for name in FINISHED_LENGTH if name in RESUMABLE_CHANGES
-        and getattr(before, name) != getattr(config, name)
-        and (name != "fine_tune_epochs" or config.fine_tune)]
+    # with it changed (fine-tuning's only where the run fine-tunes).
+    fixed = tuple(name for name in FINISHED_LENGTH
+                  if name != "fine_tune_epochs" or config.fine_tune)
+    changes = _changes(before, config, fixed)
     if (recorded is not None and recorded != mine) or changes:
       raise ValueError(f"{config.model_dir} holds a finished run with other settings "
-                       f"({'; '.join(dict.fromkeys(changes)) or 'its settings hash differs'}"
-                       "): use a new --model_dir to train with these.")
+                       f"({'; '.join(changes) or 'its settings hash differs'}): use a new "
+                       "--model_dir to train with these.")
     return
   if recorded is None:
     raise ValueError(f"{paths.config} is missing or unreadable, and the finished run in "
@@ -359,11 +357,13 @@ def check_finished(config: Config, metrics: dict):
         "command, whose settings match the finished run's.", flush=True)
 
 
-def _changes(before: Config, now: Config) -> list[str]:
-  """`--name=old before, new now` for each setting that may not change on a resume."""
-  resumable = RESUMABLE_CHANGES
+def _changes(before: Config, now: Config, fixed: tuple = ()) -> list[str]:
+  """`--name=old before, new now` for each setting that may not change on a resume, and
+  for the `fixed` ones of RESUMABLE_CHANGES."""
+  fixed = set(fixed)
   if now.schedule != "constant":  # the schedule spans each phase: its length is fixed
-    resumable = tuple(name for name in resumable if name not in ("epochs", "fine_tune_epochs"))
+    fixed |= {"epochs", "fine_tune_epochs"}
+  resumable = tuple(name for name in RESUMABLE_CHANGES if name not in fixed)
   changes = []
   for name in dataclasses.asdict(now):
     if name in resumable or getattr(now, name) == getattr(before, name):

@@ -37,7 +37,6 @@ it, so a client sends upright pixels, as the dataset builder and
 import os
 import shutil
 import sys
-import tempfile
 
 # TensorFlow's C++ start-up chatter would bury a one-line error.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -192,7 +191,8 @@ def export(model_dir: str, export_format: str, out: str = None, *, quantize: str
                  "keras": keras_latency.measure(run_paths.RunPaths(model_dir).model,
                                                 config.image_size, latency_runs)}
     report = {"path": out, "format": export_format, "quantize": quantize,
-              "io": io if export_format == "tflite" else None, "bytes": export_report.bytes_of(written),
+              "io": io if export_format == "tflite" else None,
+              "bytes": export_report.bytes_of(written),
               **figures, "accuracy_drop": drop, "max_accuracy_drop": max_accuracy_drop,
               "latency_ms": latency,
               "calibration_images": int(len(calibration)) if quantize == "int8" else None,

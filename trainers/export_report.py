@@ -102,14 +102,12 @@ def check_out(out: str, export_format: str):
 
 
 def scratch_folder(out: str) -> str:
-  """A new scratch folder of an export beside `out`, after finishing or removing those
-  of killed exports there."""
+  """A new scratch folder of an export beside `out`, after finishing the placement of
+  any killed export there (`recover`); `run_folder.scratch_folder` removes the rest."""
   parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  for folder, record in run_folder.stale_scratch(parent, SCRATCH_PREFIX):
-    if os.path.exists(os.path.join(folder, _PENDING)) and isinstance(record.get("out"), str):
+  for _, record in run_folder.stale_scratch(parent, SCRATCH_PREFIX):
+    if isinstance(record.get("out"), str):
       recover(record["out"])
-    shutil.rmtree(folder, ignore_errors=True)
   return run_folder.scratch_folder(parent, SCRATCH_PREFIX, out=os.path.abspath(out))
 
 

@@ -52,6 +52,16 @@ def test_bench_train_reports_throughput_stall_and_memory(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_train_times_every_policy_asked_for_side_by_side(data_dir, tmp_path):
+  out = tmp_path / "train.json"
+  _run("tools.bench_train", f"--data_dir={data_dir}", "--steps=2", "--passes=1",
+       "--image_size=32", "--precisions=float32,mixed_bfloat16,mixed_float16", f"--json={out}")
+  figures = json.loads(out.read_text())
+  for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
+    assert figures[f"pipeline/{policy}"] > 0 and figures[f"in_memory/{policy}"] > 0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("phase,cut", [("--nofine_tune", [[1280]]),
                                        ("--fine_tune", [[1, 1, 160]])])
 def test_bench_train_compares_a_transfer_phase_plain_and_on_cached_activations(

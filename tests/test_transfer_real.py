@@ -89,14 +89,38 @@ MODERN = dict(label_smoothing=0.1, optimizer="adamw", weight_decay=0.05, schedul
 MODERN_ACCURACY = 0.80
 
 
-def test_the_modern_recipe_with_every_flag_reaches_the_known_accuracy(real_data_dir,
-                                                                      tmp_path):
-  metrics = train.train_and_evaluate(config_lib.Config(
-      model_dir=str(tmp_path / "modern"), data_dir=str(real_data_dir),
-      **{**SETTINGS, **MODERN}))
+@pytest.fixture(scope="module")
+def modern(real_data_dir, tmp_path_factory):
+  """{policy: metrics} of the modern recipe's run, trained as each is first asked for."""
+  root, done = tmp_path_factory.mktemp("modern"), {}
+
+  def run(policy):
+    if policy not in done:
+      done[policy] = train.train_and_evaluate(config_lib.Config(
+          model_dir=str(root / policy), data_dir=str(real_data_dir),
+          **{**SETTINGS, **MODERN, "precision": policy}))
+    return done[policy]
+  return run
+
+
+def test_the_modern_recipe_with_every_flag_reaches_the_known_accuracy(modern):
+  metrics = modern("float32")
   assert metrics["phases"]["train"]["cached_features"] is False
   assert metrics["evaluation"] == "tta"
   assert metrics["accuracy_test"] >= MODERN_ACCURACY, metrics["accuracy_test"]
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_the_modern_recipe_with_mixup_holds_under_each_mixed_policy(modern, policy):
+  """MixUp, RandAugment, EMA, AdamW and the cosine schedule end to end under a mixed
+  policy: within 0.05 of the float32 run. Measured on these 94 photos (Zen 3 CPU,
+  2026-12-02), seeds 0, 1, 2: float32 0.819, 0.809, 0.777; mixed_bfloat16 0.830, 0.830,
+  0.777; mixed_float16 0.809, 0.809, 0.755. float32's own seeds spread 0.04, and no
+  mixed_float16 run skipped a step (its loss scale stayed 32768 over all 150)."""
+  metrics = modern(policy)
+  assert metrics["precision"] == policy
+  assert abs(metrics["accuracy_test"] - modern("float32")["accuracy_test"]) <= 0.05, (
+      metrics["accuracy_test"], modern("float32")["accuracy_test"])
 
 
 def test_preprocessing_inside_the_model_is_keras_s_preprocess_input(real_data_dir):

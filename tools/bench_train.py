@@ -15,7 +15,9 @@ the head) fit and predicting on those activations, each the median over
 set's train split both ways (see `projection`), and the multiply-adds of one
 image's forward pass below and above the cut.
 
-For each precision policy this machine can run: images/second of cnn2 (or
+For each precision policy this machine has hardware for (or each of --precisions:
+all three run on any CPU, the mixed ones emulated where it lacks the units), side
+by side in one run: images/second of cnn2 (or
 --cnn=cnn4) fed by
 `trainers.input_pipeline` (first epoch, decoding; and with --cache, after the
 cache is filled) and fed from one in-memory batch (no input work at all); the
@@ -179,13 +181,15 @@ def peak_rss_mib() -> float:
 
 
 def measure(data_dir, rss_data_dirs=(), steps=40, passes=3, image_size=100,
-            batch_size=32, cnn="cnn2") -> dict:
-  """Every figure of the benchmark (see the module docstring)."""
+            batch_size=32, cnn="cnn2", policies=()) -> dict:
+  """Every figure of the benchmark (see the module docstring); `policies` default to
+  `precisions()`."""
   results = {"model": cnn}
   # A training step is a forward pass and a backward pass of about twice its cost.
   flops_per_image = 2 * 3 * multiply_adds(_model("float32", image_size, cnn))
   results["train_gflop_per_image"] = flops_per_image / 1e9
-  for precision in precisions():
+  policies = list(policies) or precisions()
+  for precision in policies:
     rates = throughput(data_dir, precision, image_size, batch_size, steps, passes, cnn)
     for name, rate in rates.items():
       results[f"{name}/{precision}"] = rate
@@ -196,7 +200,8 @@ def measure(data_dir, rss_data_dirs=(), steps=40, passes=3, image_size=100,
   from trainers import devices  # pylint: disable=g-import-not-at-top
   auto = devices.resolve_precision("auto", "auto")
   results["auto_precision"] = auto
-  results["auto_vs_float32"] = results[f"pipeline/{auto}"] / results["pipeline/float32"]
+  if f"pipeline/{auto}" in results and "pipeline/float32" in results:
+    results["auto_vs_float32"] = results[f"pipeline/{auto}"] / results["pipeline/float32"]
   for index, rss_dir in enumerate(rss_data_dirs):
     results[f"epoch_rss/{index}"] = epoch_peak_rss(rss_dir, image_size, batch_size)
   if len(rss_data_dirs) == 2:
@@ -298,6 +303,9 @@ def _define_flags():
   flags.DEFINE_integer("fine_tune_layers", 30, "With --fine_tune: backbone layers unfrozen.",
                        lower_bound=1)
   flags.DEFINE_enum("cnn", "cnn2", ["cnn2", "cnn4"], "Without --model: the study CNN to time.")
+  flags.DEFINE_list("precisions", [], "Without --model: the policies to time, side by side "
+                    "(float32, mixed_bfloat16, mixed_float16); default: float32 and those this "
+                    "machine has hardware for, and what --precision=auto picks.")
   flags.DEFINE_list("rss_data_dirs", [], "Two data_dirs (small, large) for the memory check.")
   flags.DEFINE_integer("steps", 40, "Batches per timed epoch.")
   flags.DEFINE_integer("passes", 3, "Timed passes (median).")
@@ -321,8 +329,14 @@ def main(argv):
     except models.CutError as error:
       sys.exit(f"bench_train: no cut to cache at: {error}; choose a smaller --fine_tune_layers.")
   else:
+    from trainers import devices  # pylint: disable=g-import-not-at-top
+    unknown = sorted(set(_FLAGS.precisions) - set(devices.POLICIES))
+    if unknown:
+      sys.exit(f"bench_train: --precisions={','.join(unknown)} is not among "
+               f"{', '.join(devices.POLICIES)}.")
     results = measure(_FLAGS.data_dir, tuple(_FLAGS.rss_data_dirs), _FLAGS.steps,
-                      _FLAGS.passes, _FLAGS.image_size, _FLAGS.batch_size, _FLAGS.cnn)
+                      _FLAGS.passes, _FLAGS.image_size, _FLAGS.batch_size, _FLAGS.cnn,
+                      _FLAGS.precisions)
   for key, value in results.items():
     print(f"{key:32s} {value if isinstance(value, (str, dict, list)) else f'{value:.2f}'}")
   if _FLAGS.json:

@@ -101,6 +101,9 @@ def audit(data_dir: str, dataset: str, model: str, weights: str, image_size: int
                      "--allow_random_features for speed tests only.")
   started = time.time()
   tf.config.experimental.enable_op_determinism()
+  # float32 on every machine: the audit's findings (which photos, which scores) must not
+  # depend on what --precision=auto would pick where it runs.
+  keras.mixed_precision.set_global_policy("float32")
   keras.utils.set_random_seed(seed)  # a random backbone (--allow_random_features) too
   config = config_lib.Config(model=model, model_dir=out, dataset=dataset, data_dir=data_dir,
                              image_size=image_size, weights=weights, seed=seed)

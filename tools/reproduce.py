@@ -149,7 +149,10 @@ def _define_flags():
   flags.DEFINE_string("weights", None, "Override the backbones' weights (e.g. none offline).")
   flags.DEFINE_bool("cache_features", True, "Pass --nocache_features to every run when false "
                     "(to time the frozen phase without cached features).")
-  flags.DEFINE_bool("append_workspace", False, "Append the table to WORKSPACE.md.")
+  # A path, as tools.compare takes it: the package's own folder is site-packages in a
+  # plain install, never a results log.
+  flags.DEFINE_string("append_workspace", None, "Append the table to this results log "
+                      "(e.g. WORKSPACE.md).")
 
 
 def main(argv):
@@ -160,10 +163,8 @@ def main(argv):
       run_dirs = reproduce(_FLAGS.experiments or available(), seeds, _FLAGS.data_dir,
                            _FLAGS.out, _FLAGS.quick, _FLAGS.weights, _FLAGS.cache_features,
                            overrides)
-    workspace = (os.path.join(os.path.dirname(EXPERIMENTS_DIR), "..", "WORKSPACE.md")
-                 if _FLAGS.append_workspace else None)
     print(compare.compare(run_dirs, os.path.join(_FLAGS.out, compare.COMPARISON_DIR),
-                          workspace), end="")
+                          _FLAGS.append_workspace), end="")
   except ValueError as error:
     sys.exit(f"reproduce: {error}")
 

@@ -87,7 +87,7 @@ def images(sample_dir, tmp_path_factory):
 def run_dir(data_dir, tmp_path_factory):
   """A finished cnn2 run (40 px, stretch, 3 steps) on the sample."""
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  from trainers import train  # pylint: disable=g-import-not-at-top
+  from trainers.training import train  # pylint: disable=g-import-not-at-top
   folder = tmp_path_factory.mktemp("run") / "cnn2"
   train.train_and_evaluate(config_lib.Config(
       model="cnn2", model_dir=str(folder), data_dir=str(data_dir), image_size=40,

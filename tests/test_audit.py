@@ -106,8 +106,8 @@ def test_an_audit_writes_its_table_report_and_sheets_identically_twice(data_dir,
 
 
 def _record_names(data_dir) -> set:
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
   return {name for split in ("train", "validation", "test")
           for name in records_lib.labels_and_names(records_lib.records(builder, split))[1]}

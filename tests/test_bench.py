@@ -92,7 +92,7 @@ def test_projection_of_ten_epochs_on_hand_made_timings():
 
 def test_multiply_adds_of_cnn2_are_counted_by_hand():
   from tools import bench_train  # pylint: disable=g-import-not-at-top
-  from trainers import models  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import models  # pylint: disable=g-import-not-at-top
   # 100 px: 98x98 outputs of 3x3x3 -> 32, pooled to 49, 47x47 of 3x3x32 -> 64, pooled to
   # 23x23x64 = 33,856 inputs of Dense(128), then Dense(10).
   by_hand = 98 * 98 * 27 * 32 + 47 * 47 * 288 * 64 + 33_856 * 128 + 128 * 10
@@ -112,9 +112,10 @@ def test_multiply_adds_count_depthwise_convolutions_and_nested_models():
 
 def test_the_cut_splits_the_multiply_adds_of_a_transfer_model():
   from tools import bench_train  # pylint: disable=g-import-not-at-top
-  from trainers import models  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import cutting  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import models  # pylint: disable=g-import-not-at-top
   model = models.build_model("mnv2_035", 32, weights=None)
-  bottom, top = models.split_at_cut(model, 30)
+  bottom, top = cutting.split_at_cut(model, 30)
   assert (bench_train.multiply_adds(bottom) + bench_train.multiply_adds(top)
           == bench_train.multiply_adds(model))
   assert bench_train.multiply_adds(top) > 0

@@ -4,24 +4,23 @@ import json
 import time
 
 import keras
-import numpy as np
 
-from trainers import callbacks as callbacks_lib
-from trainers import run_folder
+from trainers.training import callbacks as callbacks_lib
+from trainers.runs import history as history_lib
 
 
 def test_history_rows_of_epochs_run_again_replace_the_old_ones(tmp_path):
   path = str(tmp_path / "history.csv")
-  history = callbacks_lib.HistoryCsv(path, "train")
+  callback = callbacks_lib.HistoryCsv(path, "train")
   for epoch in range(3):
-    history.on_epoch_end(epoch, {"loss": 3.0 - epoch})
+    callback.on_epoch_end(epoch, {"loss": 3.0 - epoch})
   resumed = callbacks_lib.HistoryCsv(path, "train")  # killed after epoch 1 was written
   resumed.on_epoch_end(1, {"loss": 9.0})
-  rows = callbacks_lib.read_history(path)
+  rows = history_lib.read(path)
   assert [(row["epoch"], row["loss"]) for row in rows] == [("0", "3.0"), ("1", "9.0")]
   fine_tune = callbacks_lib.HistoryCsv(path, "fine_tune", epoch_offset=2)
   fine_tune.on_epoch_end(0, {"loss": 1.0, "val_loss": 2.0})
-  rows = callbacks_lib.read_history(path)
+  rows = history_lib.read(path)
   assert rows[-1] == {"epoch": "2", "phase": "fine_tune", "loss": "1.0", "val_loss": "2.0"}
 
 
@@ -57,28 +56,3 @@ def test_phase_clock_adds_a_resumed_process_s_time_to_the_saved_one(tmp_path):
   total = resumed.finish(steps=3)
   assert total["images"] == 48 and total["steps"] == 3
   assert saved["seconds"] + 2 <= total["seconds"] < saved["seconds"] + 60
-
-
-def _model():
-  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-  model.compile(optimizer="adam", loss="mse")
-  return model
-
-
-def test_backup_pairs_hold_the_hash_of_their_weights(tmp_path):
-  backup_dir = str(tmp_path / "backup")
-  model = _model()
-  backup = callbacks_lib.Backup(backup_dir)
-  backup.set_model(model)
-  x, y = np.ones((4, 2)), np.ones((4, 1))
-  model.fit(x, y, epochs=2, verbose=0, callbacks=[backup])
-  pairs = list(callbacks_lib.restore_pairs(backup_dir))
-  assert [epoch for _, _, epoch in pairs] == [2, 1]
-  for weights, metadata, _ in pairs:
-    assert json.loads(open(metadata).read())["weights_sha256"] == run_folder.sha256_of(
-        weights)
-  assert sorted(path.name for path in (tmp_path / "backup").iterdir()) == [
-      "latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
-      "training_metadata.json.bkp"]  # no temporary file left
-  (tmp_path / "backup" / "latest.weights.h5").write_bytes(b"cut short")
-  assert [epoch for _, _, epoch in callbacks_lib.restore_pairs(backup_dir)] == [1]

@@ -9,7 +9,8 @@ from scipy import stats
 
 from tools import compare
 from trainers import config as config_lib
-from trainers import results
+from trainers.runs import settings as settings_lib
+from trainers.evaluation import results
 
 FILES = [f"cane/{index}.jpg" for index in range(40)]
 
@@ -17,7 +18,7 @@ FILES = [f"cane/{index}.jpg" for index in range(40)]
 def _run(folder, accuracy, correct, dataset="sample-1", **settings):
   folder.mkdir(parents=True)
   seed = int(folder.name.split("_")[1]) if folder.name.startswith("seed_") else 0
-  config_lib.save(config_lib.Config(model="cnn2", model_dir=str(folder), seed=seed, **settings))
+  settings_lib.save(config_lib.Config(model="cnn2", model_dir=str(folder), seed=seed, **settings))
   metrics = {column: accuracy for column in compare.COLUMNS}
   metrics.update(test_images=len(FILES), test_names_sha256=results.names_sha256(FILES),
                  dataset_fingerprint=dataset)
@@ -89,7 +90,7 @@ def test_folders_are_searched_for_finished_runs_and_the_comparison_is_skipped(tm
   (tmp_path / "reproduce" / "comparison").mkdir()
   (tmp_path / "reproduce" / "comparison" / "metrics.json").write_text("{}")  # not a run
   (tmp_path / "reproduce" / "mnv2" / "seed_1").mkdir()  # killed: no metrics.json yet
-  config_lib.save(config_lib.Config(model="mnv2", model_dir=str(tmp_path / "reproduce" / "mnv2"
+  settings_lib.save(config_lib.Config(model="mnv2", model_dir=str(tmp_path / "reproduce" / "mnv2"
                                                                / "seed_1")))
   assert compare.find_runs([str(tmp_path / "reproduce")]) == (
       sorted(runs), [str(tmp_path / "reproduce" / "mnv2" / "seed_1")])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from trainers import devices
+from trainers.training import devices
 
 
 def _tf_config(monkeypatch, cluster, task):

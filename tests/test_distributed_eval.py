@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainers import input_pipeline
-from trainers import dataset as dataset_lib
-from trainers import records as records_lib
+from trainers.data import input_pipeline
+from trainers.data import dataset as dataset_lib
+from trainers.data import records as records_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Several transfer models built and traced: minutes on 2 cores (CI runs them).
@@ -119,7 +119,7 @@ def test_keras_builds_from_one_replica_batch_not_a_cross_replica_mean():
   `keras_compat.fix_symbolic_build` builds from the first replica's batch."""
   output = _child("""
       import numpy as np, tensorflow as tf, keras
-      from trainers import devices, keras_compat
+      from trainers.training import devices, keras_compat
       devices.split_cpu(2)
       keras_compat.fix_symbolic_build()
       strategy = devices.make_strategy("mirrored")

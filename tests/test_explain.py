@@ -8,11 +8,12 @@ from PIL import Image
 import pytest
 
 from trainers import config as config_lib
-from trainers import explain
-from trainers import figures
-from trainers import models
-from trainers import predict
-from trainers import recipe
+from trainers.runs import settings as settings_lib
+from trainers.evaluation import explain
+from trainers.evaluation import figures
+from trainers.modeling import models
+from trainers.serving import predict
+from trainers.training import recipe
 
 
 def _patch_images(rng, sides):
@@ -83,7 +84,7 @@ def test_explain_writes_a_picture_per_image_for_a_saved_transfer_model(sample_di
   model = models.build_model(name, 32, weights=None)
   recipe.compile_for_saving(model)
   model.save(run / "model.keras")
-  config_lib.save(config_lib.Config(model=name, model_dir=str(run), image_size=32))
+  settings_lib.save(config_lib.Config(model=name, model_dir=str(run), image_size=32))
   folder = sample_dir / "raw-img" / "gatto"
   files = sorted(folder.iterdir())[:3]
   results, errors = predict.predict(str(run), [str(path) for path in files],

@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from trainers import export
-from trainers import predict
-from trainers import results
-from trainers import tflite_file
+from trainers.serving import export
+from trainers.serving import predict
+from trainers.evaluation import results
+from trainers.serving import tflite_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -256,8 +256,8 @@ def test_a_kill_between_the_export_and_its_report_is_finished_not_blamed(run_dir
                                                                         images):
   """As if killed after the export's rename and before its report's: the new report still
   waits in our scratch folder; predict and a new export finish the placement."""
-  from trainers import export_report  # pylint: disable=g-import-not-at-top
-  from trainers import run_folder  # pylint: disable=g-import-not-at-top
+  from trainers.serving import export_report  # pylint: disable=g-import-not-at-top
+  from trainers.runs import run_folder  # pylint: disable=g-import-not-at-top
   out = tmp_path / "a.tflite"
   export.export(str(run_dir), "tflite", str(out), latency_runs=0)
   assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".tmp-")] == []
@@ -278,13 +278,13 @@ def test_a_kill_between_the_export_and_its_report_is_finished_not_blamed(run_dir
 
 
 def test_int8_calibrates_only_on_what_the_run_trained_on(run_dir):
-  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.load(str(run_dir))
+  from trainers.runs import settings as settings_lib
+  config = settings_lib.load(str(run_dir))
   every = export.calibration_set(config, 10_000)
   first = export.calibration_set(config, 1)
   import dataclasses  # pylint: disable=g-import-not-at-top
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   builder = dataset_lib.builder(config.dataset, config.data_dir)
   _, names = records_lib.labels_and_names(records_lib.records(builder, "train"))
   excluded = dataclasses.replace(config, exclude=tuple(names[:5]))

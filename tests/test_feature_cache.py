@@ -14,12 +14,12 @@ import pytest
 import tensorflow as tf
 
 from trainers import config as config_lib
-from trainers import feature_cache
-from trainers import input_pipeline
-from trainers import dataset as dataset_lib
-from trainers import records as records_lib
-from trainers import metrics as metrics_lib
-from trainers import train
+from trainers.training import feature_cache
+from trainers.data import input_pipeline
+from trainers.data import dataset as dataset_lib
+from trainers.data import records as records_lib
+import trainer_runs
+from trainers.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tests that build and trace transfer models take minutes on 2 cores: marked slow
@@ -98,8 +98,8 @@ def test_killed_during_extraction_the_same_command_resumes_to_the_same_result(
   resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   _, uninterrupted = both_paths[True]
-  assert (metrics_lib.without_clock(json.loads((run / "metrics.json").read_text()))
-          == metrics_lib.without_clock(uninterrupted))
+  assert (trainer_runs.without_clock(json.loads((run / "metrics.json").read_text()))
+          == trainer_runs.without_clock(uninterrupted))
 
 
 @pytest.mark.parametrize("overrides,reason", [
@@ -113,7 +113,7 @@ def test_killed_during_extraction_the_same_command_resumes_to_the_same_result(
           warmup_epochs=1, ema=True, tta=True), None),
     (dict(cache_features=False), "--nocache_features"),
     (dict(model="cnn2"), "no frozen backbone"),
-    # Fine-tuning too: its bottom stays frozen (where the cut is: models.split_at_cut).
+    # Fine-tuning too: its bottom stays frozen (where the cut is: cutting.split_at_cut).
     (dict(fine_tune=True), None),
     (dict(steps_per_epoch=1), "fewer than one pass"),
 ])

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from trainers import config as config_lib
-from trainers import metrics as metrics_lib
-from trainers import models
-from trainers import train
+import trainer_runs
+from trainers.modeling import models
+from trainers.modeling import cutting
+from trainers.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Deterministic float32, so the two paths can be compared bit for bit; random
@@ -35,7 +36,7 @@ SETTINGS = dict(image_size=32, batch_size=16, epochs=1, fine_tune=True, fine_tun
 def test_the_cut_is_found_from_the_graph_and_the_two_halves_are_the_model(name, layers, cut):
   model = models.build_model(name, 32, weights=None)
   models.unfreeze_top(model, layers)
-  bottom, top = models.split_at_cut(model, layers)
+  bottom, top = cutting.split_at_cut(model, layers)
   inner_bottom = bottom.layers[-1]
   assert [tensor._keras_history.operation.name  # pylint: disable=protected-access
           for tensor in inner_bottom.outputs] == cut
@@ -50,14 +51,14 @@ def test_the_cut_is_found_from_the_graph_and_the_two_halves_are_the_model(name, 
 def test_a_cut_that_cannot_be_made_is_said():
   model = models.build_model("mnv2_035", 32, weights=None)
   backbone = models.backbone_of(model)
-  with pytest.raises(models.CutError, match="nothing frozen"):
-    models.split_at_cut(model, len(backbone.layers) - 1)
-  with pytest.raises(models.CutError, match="leaves no frozen layer"):
-    models.split_at_cut(model, len(backbone.layers))
-  with pytest.raises(models.CutError, match="unfreezes no layer"):
-    models.split_at_cut(model, 0)
-  with pytest.raises(models.CutError, match="no backbone"):
-    models.split_at_cut(models.build_model("cnn2", 32), 3)
+  with pytest.raises(cutting.CutError, match="nothing frozen"):
+    cutting.split_at_cut(model, len(backbone.layers) - 1)
+  with pytest.raises(cutting.CutError, match="leaves no frozen layer"):
+    cutting.split_at_cut(model, len(backbone.layers))
+  with pytest.raises(cutting.CutError, match="unfreezes no layer"):
+    cutting.split_at_cut(model, 0)
+  with pytest.raises(cutting.CutError, match="no backbone"):
+    cutting.split_at_cut(models.build_model("cnn2", 32), 3)
   # A backbone whose top layer is called twice (shared weights): no single cut.
   images = keras.Input((8, 8, 3))
   shared = keras.layers.Conv2D(3, 1, name="shared")
@@ -65,8 +66,8 @@ def test_a_cut_that_cannot_be_made_is_said():
   backbone = keras.Model(images, shared(shared(hidden)), name="backbone")
   outer = keras.Input((8, 8, 3))
   pooled = keras.layers.GlobalAveragePooling2D(name=models.POOL_LAYER)(backbone(outer))
-  with pytest.raises(models.CutError, match="shared is called 2 times"):
-    models.split_at_cut(keras.Model(outer, keras.layers.Dense(10)(pooled)), 1)
+  with pytest.raises(cutting.CutError, match="shared is called 2 times"):
+    cutting.split_at_cut(keras.Model(outer, keras.layers.Dense(10)(pooled)), 1)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_fine_tuning_on_cached_activations_equals_the_whole_model(runs, name):
   assert history == (plain_folder / "history.csv").read_text()
   losses = [line.split(",")[3] for line in history.splitlines()[2:]]
   assert len(set(losses)) == 3, "the fine-tuning epochs changed nothing"
-  assert metrics_lib.without_clock(cached) == metrics_lib.without_clock(plain)
+  assert trainer_runs.without_clock(cached) == trainer_runs.without_clock(plain)
   assert not (cached_folder / "features").exists()  # the cache goes with the phase
 
 
@@ -127,8 +128,8 @@ def test_killed_while_fine_tuning_on_the_cache_the_same_command_resumes_exactly(
                            timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   _, uninterrupted = runs("mnv2_035", True)
-  assert (metrics_lib.without_clock(json.loads((run / "metrics.json").read_text()))
-          == metrics_lib.without_clock(uninterrupted))
+  assert (trainer_runs.without_clock(json.loads((run / "metrics.json").read_text()))
+          == trainer_runs.without_clock(uninterrupted))
 
 
 @pytest.mark.slow  # two fresh processes of two replicas: about 2 min (CI runs it)
@@ -146,7 +147,7 @@ def test_fine_tuning_on_cached_activations_under_mirrored_equals_the_plain_path(
     assert "2 replica(s)" in done.stdout
     metrics[cached] = json.loads((run / "metrics.json").read_text())
   assert metrics[True]["phases"]["fine_tune"]["cached_features"] is True
-  assert metrics_lib.without_clock(metrics[True]) == metrics_lib.without_clock(metrics[False])
+  assert trainer_runs.without_clock(metrics[True]) == trainer_runs.without_clock(metrics[False])
   assert sum(map(sum, metrics[True]["confusion_matrix"])) == metrics[True]["test_images"]
 
 

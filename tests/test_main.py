@@ -11,9 +11,8 @@ import time
 from PIL import Image
 import pytest
 
-from trainers import config as config_lib
-from trainers import metrics as metrics_lib
-from trainers import run_folder
+from trainers.runs import settings as settings_lib
+from trainers.runs import run_folder
 import trainer_runs
 
 REPO = trainer_runs.REPO
@@ -68,8 +67,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(data_dir, tmp_path)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   straight = trainer_runs.main_command(*args, f"--model_dir={tmp_path / 'straight'}")
   assert straight.returncode == 0, straight.stderr[-2000:]
-  assert (metrics_lib.without_clock(json.loads((killed / "metrics.json").read_text()))
-          == metrics_lib.without_clock(
+  assert (trainer_runs.without_clock(json.loads((killed / "metrics.json").read_text()))
+          == trainer_runs.without_clock(
               json.loads((tmp_path / "straight" / "metrics.json").read_text())))
   assert len(history.read_text().splitlines()) == 5  # header + 4 epochs, none doubled
 
@@ -99,7 +98,7 @@ def test_sigterm_says_how_to_resume_and_a_lost_config_json_guards_the_backups(da
   resumed = trainer_runs.main_command(*[arg.replace("--epochs=30", "--epochs=2") for arg in args])
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "was missing or unreadable; the run's backups match" in resumed.stdout
-  assert config_lib.load(str(tmp_path / "run")).image_size == 48
+  assert settings_lib.load(str(tmp_path / "run")).image_size == 48
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -120,8 +119,8 @@ def test_bad_input_on_the_command_line_gives_one_clear_line(data_dir, tmp_path, 
 
 @pytest.mark.slow
 def test_exclude_drops_the_listed_records_says_so_and_records_the_list(data_dir, tmp_path):
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   builder = dataset_lib.builder("animals10_tfds/160px", str(data_dir))
   _, names = records_lib.labels_and_names(records_lib.records(builder, "train"))
   listed = tmp_path / "exclude.csv"
@@ -132,9 +131,27 @@ def test_exclude_drops_the_listed_records_says_so_and_records_the_list(data_dir,
   assert result.returncode == 0, result.stderr[-2000:]
   assert "--exclude: left out 2 train, 0 validation and 0 test records of the 2 listed" in (
       result.stdout)
-  config = config_lib.load(str(tmp_path / "run"))
+  config = settings_lib.load(str(tmp_path / "run"))
   assert config.exclude == tuple(sorted(names[:2])) and len(config.exclude_sha256) == 64
   listed.write_text("cane/not-a-record.jpg\n")
   typo = trainer_runs.main_command(*common, f"--model_dir={tmp_path / 'typo'}")
   assert typo.returncode != 0 and "Traceback" not in typo.stderr
   assert "--exclude names 1 file(s) that match no record" in typo.stderr.strip().splitlines()[-1]
+
+
+def test_the_flags_defaults_are_the_config_defaults(tmp_path):
+  # The dataclass is the one place a default is written: a run given only --model
+  # gets Config's own defaults, field by field.
+  script = ("from absl import flags\n"
+            "from trainers import config, main\n"
+            "main.define_flags()\n"
+            f"flags.FLAGS(['main', '--model=cnn2', '--model_dir={tmp_path}'])\n"
+            "parsed = main.config_from_flags()\n"
+            f"default = config.Config(model='cnn2', model_dir='{tmp_path}')\n"
+            "import dataclasses\n"
+            "print([f.name for f in dataclasses.fields(default)\n"
+            "       if getattr(parsed, f.name) != getattr(default, f.name)])\n")
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == "[]"

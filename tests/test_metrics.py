@@ -3,7 +3,7 @@
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from trainers import metrics
+from trainers.evaluation import metrics
 
 
 def test_weighted_metrics_match_scikit_learn():

@@ -4,13 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from trainers import explain
-from trainers import models
+from trainers.evaluation import explain
+from trainers.modeling import models
+from trainers.modeling import cutting
 
 
 def _built_and_predicted(name):
   size = max(models.REGISTRY[name].min_size, 32)
-  model = models.build_model(name, size, weights=None, augment=True)
+  model = models.build_model(name, size, weights=None, augment="study")
   batch = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
   return model, batch, model.predict(batch, verbose=0)
 
@@ -92,7 +93,7 @@ def test_backbone_runs_in_inference_mode_while_the_model_trains():
   models.unfreeze_top(model, 40)
   np.testing.assert_array_equal(model(batch, training=True).numpy(), inference)
   # The augmentation in front still runs in training mode only.
-  augmented = models.build_model("enb3", size, weights=None, augment=True)
+  augmented = models.build_model("enb3", size, weights=None, augment="study")
   augmented.set_weights(model.get_weights())
   assert np.abs(augmented(batch, training=True).numpy() - inference).max() > 1e-4
 
@@ -102,7 +103,7 @@ def test_backbone_runs_in_inference_mode_while_the_model_trains():
 def test_beyond_the_study_backbones_split_at_the_pool_and_explain(name):
   model = models.build_model(name, 32, weights=None)
   batch = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-  extractor, head = models.split_at_pool(model)  # the feature cache's cut
+  extractor, head = cutting.split_at_pool(model)  # the feature cache's cut
   np.testing.assert_allclose(head(extractor(batch)).numpy(), model(batch).numpy(), atol=1e-5)
   heat, top = explain.grad_cam(model, batch)
   assert heat.shape == (2, 32, 32) and np.isfinite(heat).all() and top.shape == (2,)
@@ -124,7 +125,7 @@ def test_fine_tuning_trains_layernorm_but_never_batchnorm(name, trains):
                                           ("resnet50v2", "none"), ("cnn2", "randaugment")])
 def test_beyond_the_study_models_export_to_tflite_with_the_same_output(name, augment,
                                                                        tmp_path):
-  from trainers import tflite_file  # pylint: disable=g-import-not-at-top
+  from trainers.serving import tflite_file  # pylint: disable=g-import-not-at-top
   model = models.build_model(name, 32, weights=None, augment=augment)
   batch = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
   path = tmp_path / f"{name}.tflite"

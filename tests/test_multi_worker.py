@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tools import launch_local_cluster
-from trainers import dataset as dataset_lib
+from trainers.data import dataset as dataset_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

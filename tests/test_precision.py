@@ -19,9 +19,9 @@ import pytest
 import tensorflow as tf
 
 from trainers import config as config_lib
-from trainers import input_pipeline
-from trainers import metrics as metrics_lib
-from trainers import train
+from trainers.data import input_pipeline
+from trainers.evaluation import metrics as metrics_lib
+from trainers.training import train
 import trainer_runs
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -114,7 +114,7 @@ def test_cached_and_plain_paths_train_alike_under(fine_tune, policy, data_dir, t
   # above see the same numbers on both paths.
   assert ((cached_folder / "history.csv").read_text()
           == (plain_folder / "history.csv").read_text())
-  assert metrics_lib.without_clock(cached) == metrics_lib.without_clock(plain)
+  assert trainer_runs.without_clock(cached) == trainer_runs.without_clock(plain)
 
 
 # --- kill -9 and resume, in fresh processes, with every recipe flag.
@@ -160,8 +160,8 @@ def test_killed_and_resumed_equals_the_uninterrupted_run_under(policy, data_dir,
     runs[name] = run
   metrics = {name: json.loads((run / "metrics.json").read_text()) for name, run in runs.items()}
   _trained(metrics["killed"], policy)
-  assert (metrics_lib.without_clock(metrics["killed"])
-          == metrics_lib.without_clock(metrics["uninterrupted"]))
+  assert (trainer_runs.without_clock(metrics["killed"])
+          == trainer_runs.without_clock(metrics["uninterrupted"]))
   states = {name: _optimizer_state(run / "backup" / "train" / "latest.weights.h5")
             for name, run in runs.items()}
   assert states["killed"] == states["uninterrupted"]
@@ -186,8 +186,8 @@ def test_every_recipe_flag_trains_exactly_under_mirrored_under(policy, data_dir,
 @pytest.mark.parametrize("policy", POLICIES)
 def test_predict_export_and_lr_find_under(policy, data_dir, tmp_path, images):
   from tools import lr_find  # pylint: disable=g-import-not-at-top
-  from trainers import export  # pylint: disable=g-import-not-at-top
-  from trainers import predict  # pylint: disable=g-import-not-at-top
+  from trainers.serving import export  # pylint: disable=g-import-not-at-top
+  from trainers.serving import predict  # pylint: disable=g-import-not-at-top
   config = trainer_runs.small_config(data_dir, tmp_path / "run", precision=policy,
                                      **{**TINY, "image_size": 40})
   metrics = train.train_and_evaluate(config)

@@ -23,8 +23,8 @@ IDENTICAL_COPIES = 7
 
 @pytest.mark.parametrize("config", ["full", "160px"])
 def test_every_real_photo_is_kept_or_a_counted_duplicate(real_data_dir, config):
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   builder = dataset_lib.builder(f"animals10_tfds/{config}", str(real_data_dir))
   metadata = json.loads((builder.data_path / "metadata.json").read_text())
   records = sum(split.num_examples for split in builder.info.splits.values())
@@ -48,7 +48,7 @@ def test_eda_reads_every_real_photo(tmp_path):
 
 def test_one_cnn2_epoch_on_the_real_photos(real_data_dir, tmp_path):
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  from trainers import train  # pylint: disable=g-import-not-at-top
+  from trainers.training import train  # pylint: disable=g-import-not-at-top
   result = train.train_and_evaluate(config_lib.Config(
       model="cnn2", model_dir=str(tmp_path / "run"), data_dir=str(real_data_dir),
       image_size=64, batch_size=32, epochs=1, weights="none"))
@@ -57,9 +57,9 @@ def test_one_cnn2_epoch_on_the_real_photos(real_data_dir, tmp_path):
 
 
 def test_the_study_s_format_filters_leave_classes_empty_and_say_so(real_data_dir):
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
-  from trainers import split_plan  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import split_plan  # pylint: disable=g-import-not-at-top
   builder = dataset_lib.builder("animals10_tfds/160px", str(real_data_dir))
   filters = records_lib.Filters(formats=("JPEG",), modes=("RGB",))
   with pytest.raises(ValueError, match=r"the train split has no .*dog.* image: rebuild the "

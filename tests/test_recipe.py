@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 
 from trainers import config as config_lib
-from trainers import input_pipeline
-from trainers import metrics as metrics_lib
-from trainers import recipe as recipe_lib
-from trainers import train
+from trainers.runs import settings as settings_lib
+from trainers.data import input_pipeline
+from trainers.training import recipe as recipe_lib
+from trainers.training import train
 import trainer_runs
 
 MODERN = dict(label_smoothing=0.1, optimizer="adamw", weight_decay=0.05, schedule="cosine",
@@ -125,15 +125,15 @@ def test_resume_with_every_new_flag_equals_the_uninterrupted_run(modern_run, tmp
   config_path = run / "config.json"
   config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
                                      "model_dir": str(run)}))
-  resumed = train.train_and_evaluate(config_lib.load(str(run)))
-  assert metrics_lib.without_clock(resumed) == metrics_lib.without_clock(uninterrupted)
+  resumed = train.train_and_evaluate(settings_lib.load(str(run)))
+  assert trainer_runs.without_clock(resumed) == trainer_runs.without_clock(uninterrupted)
   assert len((run / "history.csv").read_text().splitlines()) == 4  # epoch 3 ran again
 
 
 def test_cosine_run_refuses_to_resume_with_other_epochs(modern_run):
   config, _ = modern_run
   with pytest.raises(ValueError, match="--epochs=3 before, 4 now"):
-    config_lib.check_resumable(config_lib.Config(**{**config.__dict__, "epochs": 4}))
+    settings_lib.check_resumable(config_lib.Config(**{**config.__dict__, "epochs": 4}))
 
 
 @pytest.mark.slow  # two more runs of every new flag (CI runs it)
@@ -142,7 +142,7 @@ def test_every_new_flag_gives_identical_reruns_under_deterministic(data_dir, tmp
   _, first = modern_run
   again = train.train_and_evaluate(trainer_runs.small_config(data_dir, tmp_path / "again",
                                                              **MODERN))
-  assert metrics_lib.without_clock(again) == metrics_lib.without_clock(first)
+  assert trainer_runs.without_clock(again) == trainer_runs.without_clock(first)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -162,19 +162,19 @@ def test_bad_recipe_flags_are_one_line(overrides, message):
 
 def test_old_config_json_with_a_bool_augment_loads_and_keeps_its_settings_hash(tmp_path):
   config = config_lib.Config(model="cnn2", model_dir=str(tmp_path), augment="study")
-  config_lib.save(config)
+  settings_lib.save(config)
   values = json.loads((tmp_path / "config.json").read_text())
   for name in ("label_smoothing", "optimizer", "weight_decay", "schedule", "warmup_epochs",
                "mixup", "cutmix", "ema", "ema_momentum", "tta"):
     del values[name]  # as an older version wrote it
   (tmp_path / "config.json").write_text(json.dumps(dict(values, augment=True)))
-  assert config_lib.load(str(tmp_path)) == config
+  assert settings_lib.load(str(tmp_path)) == config
   # The hash an older version recorded: its fields, augment a bool.
   old = {name: value for name, value in values.items()
-         if name not in config_lib.RESUMABLE_CHANGES and name not in (
+         if name not in settings_lib.RESUMABLE_CHANGES and name not in (
              "exclude", "exclude_sha256", "exclude_test")}
   old["augment"] = True
-  assert config_lib.settings_sha256(config) == hashlib.sha256(
+  assert settings_lib.settings_sha256(config) == hashlib.sha256(
       json.dumps(old, sort_keys=True).encode()).hexdigest()
 
 

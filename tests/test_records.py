@@ -1,10 +1,10 @@
-"""trainers.records: a split's records, filtered and sharded over workers."""
+"""trainers.data.records: a split's records, filtered and sharded over workers."""
 
 import pytest
 import tensorflow as tf
 
-from trainers import dataset as dataset_lib
-from trainers import records as records_lib
+from trainers.data import dataset as dataset_lib
+from trainers.data import records as records_lib
 
 
 @pytest.mark.parametrize("workers,expected", [(1, "none"), (2, "file"), (4, "file"),

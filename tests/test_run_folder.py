@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from trainers import run_folder
+from trainers.runs import run_folder
 
 
 def test_atomic_write_replaces_the_whole_file_with_the_umask_s_mode(tmp_path):

@@ -12,10 +12,10 @@ REPO = trainer_runs.REPO
 
 
 def test_a_second_process_on_a_run_folder_stops_with_one_line(data_dir, tmp_path):
-  from trainers import run_lock  # pylint: disable=g-import-not-at-top
+  from trainers.runs import run_lock  # pylint: disable=g-import-not-at-top
   holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
       import sys, time
-      from trainers import run_lock
+      from trainers.runs import run_lock
       with run_lock.hold({str(tmp_path / "run")!r}):
         print("held", flush=True)
         time.sleep(60)

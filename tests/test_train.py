@@ -9,8 +9,7 @@ import textwrap
 
 import pytest
 
-from trainers import metrics as metrics_lib
-from trainers import train
+from trainers.training import train
 import trainer_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +22,7 @@ def straight(data_dir, tmp_path_factory):
 
   def metrics(epochs: int) -> dict:
     if epochs not in done:
-      done[epochs] = metrics_lib.without_clock(train.train_and_evaluate(
+      done[epochs] = trainer_runs.without_clock(train.train_and_evaluate(
           trainer_runs.small_config(data_dir, tmp_path_factory.mktemp("straight"), epochs=epochs)))
     return done[epochs]
 
@@ -33,7 +32,7 @@ def straight(data_dir, tmp_path_factory):
 def test_the_same_config_gives_identical_metrics(data_dir, tmp_path):
   first, second = (train.train_and_evaluate(trainer_runs.small_config(
       data_dir, tmp_path / name, augment="study")) for name in ("a", "b"))
-  assert metrics_lib.without_clock(first) == metrics_lib.without_clock(second)
+  assert trainer_runs.without_clock(first) == trainer_runs.without_clock(second)
   assert first["train_seconds"] > 0 and first["phases"]["train"]["cached_features"] is False
 
 
@@ -68,7 +67,7 @@ def test_resume_from_a_cut_short_backup_uses_the_epoch_of_the_weights_restored(d
   weights = run / "backup" / "train" / "latest.weights.h5"
   weights.write_bytes(weights.read_bytes()[:5000])
   resumed = train.train_and_evaluate(trainer_runs.small_config(data_dir, run, epochs=3))
-  assert metrics_lib.without_clock(resumed) == straight(3)
+  assert trainer_runs.without_clock(resumed) == straight(3)
   rows = (run / "history.csv").read_text().splitlines()
   assert len(rows) == 4  # header + 3 epochs: epoch 2 ran again and replaced its row
   for name in ("latest.weights.h5", "latest.weights.h5.bkp"):
@@ -94,7 +93,7 @@ def test_weights_newer_than_their_metadata_resume_from_the_pair_that_matches(dat
   backup = run / "backup" / "train"
   (backup / "latest.weights.h5").write_bytes((backup / "latest.weights.h5.bkp").read_bytes())
   resumed = train.train_and_evaluate(trainer_runs.small_config(data_dir, run, epochs=3))
-  assert metrics_lib.without_clock(resumed) == straight(3)
+  assert trainer_runs.without_clock(resumed) == straight(3)
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None or subprocess.run(
@@ -173,8 +172,8 @@ def test_corruption_found_mid_run_keeps_the_finished_epochs(damaged_copy, tmp_pa
                                                             monkeypatch, straight):
   """A validation file goes bad during epoch 2 (after epoch 1 read it whole): the run
   stops with the file's name, and once it is rebuilt the run resumes after epoch 1."""
-  from trainers import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.training import callbacks as callbacks_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
   data_dir = damaged_copy.parents[2]  # a byte-identical copy: the same results
   shard = damaged_copy / "animals10_tfds-validation.tfrecord-00000-of-00004"
   original = shard.read_bytes()
@@ -191,7 +190,7 @@ def test_corruption_found_mid_run_keeps_the_finished_epochs(damaged_copy, tmp_pa
   shard.write_bytes(original)  # as the rebuild does: same records, same splits
   resumed = train.train_and_evaluate(
       trainer_runs.small_config(data_dir, tmp_path / "run", epochs=2))
-  assert metrics_lib.without_clock(resumed) == straight(2)
+  assert trainer_runs.without_clock(resumed) == straight(2)
 
 
 def test_a_run_killed_after_early_stopping_ended_it_stays_ended(data_dir, tmp_path):
@@ -210,7 +209,7 @@ def test_a_run_killed_after_early_stopping_ended_it_stays_ended(data_dir, tmp_pa
   config_path = run / "config.json"
   config_path.write_text(json.dumps({**json.loads(config_path.read_text()),
                                      "model_dir": str(run)}))
-  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  resumed = train.train_and_evaluate(config_lib.load(str(run)))
+  from trainers.runs import settings as settings_lib
+  resumed = train.train_and_evaluate(settings_lib.load(str(run)))
   assert (run / "history.csv").read_text().splitlines() == history
-  assert metrics_lib.without_clock(resumed) == metrics_lib.without_clock(uninterrupted)
+  assert trainer_runs.without_clock(resumed) == trainer_runs.without_clock(uninterrupted)

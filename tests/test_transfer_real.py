@@ -20,14 +20,15 @@ from conftest import needs_real_photos
 from conftest import REAL
 from conftest import WEIGHTS_035
 from trainers import config as config_lib
-from trainers import export
-from trainers import input_pipeline
-from trainers import dataset as dataset_lib
-from trainers import records as records_lib
-from trainers import models
-from trainers import predict
-from trainers import tflite_file
-from trainers import train
+from trainers.serving import export
+from trainers.data import input_pipeline
+from trainers.data import dataset as dataset_lib
+from trainers.data import records as records_lib
+from trainers.modeling import models
+from trainers.modeling import cutting
+from trainers.serving import predict
+from trainers.serving import tflite_file
+from trainers.training import train
 
 pytestmark = [pytest.mark.slow, needs_real_photos, needs_imagenet_weights]
 # The setting: 160 px, 10 frozen epochs, batch 32; float32 and seeded ops,
@@ -130,7 +131,7 @@ def test_preprocessing_inside_the_model_is_keras_s_preprocess_input(real_data_di
   keras.mixed_precision.set_global_policy("float32")
   ours = models.build_model("mnv2_035", 160, weights=None)
   models.backbone_of(ours).load_weights(WEIGHTS_035)
-  extractor, _ = models.split_at_pool(ours)
+  extractor, _ = cutting.split_at_pool(ours)
   bare = keras.applications.MobileNetV2(input_shape=(160, 160, 3), alpha=0.35,
                                         include_top=False, pooling="avg", weights=WEIGHTS_035)
   preprocessed = keras.applications.mobilenet_v2.preprocess_input(images.copy())

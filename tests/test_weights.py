@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from trainers import config as config_lib
-from trainers import models
-from trainers import train
-from trainers import weights as weights_lib
+from trainers.modeling import models
+from trainers.training import train
+from trainers.modeling import weights as weights_lib
 
 from conftest import needs_imagenet_weights as needs_shared
 from conftest import WEIGHTS_035 as SHARED

@@ -22,3 +22,13 @@ def small_config(data_dir, model_dir, **overrides):
                   weights="none", precision="float32")
   settings.update(overrides)
   return config_lib.Config(**settings)
+
+
+# Wall-clock fields of metrics.json: the only ones that differ between two
+# identical deterministic runs.
+CLOCK_KEYS = ("train_seconds", "phases")
+
+
+def without_clock(metrics: dict) -> dict:
+  """metrics.json without its wall-clock fields (to compare two runs)."""
+  return {key: value for key, value in metrics.items() if key not in CLOCK_KEYS}

@@ -4,7 +4,7 @@ r"""What is wrong in the data: likely label errors, leaks across splits, outlier
         --weights=FILE [--image_size=160] [--folds=5] [--seed=0] --out=DIR
 
 1. Features, once: the pooled backbone features of every record of every split,
-   through the trainer's decode path and extractor (`trainers.feature_cache`,
+   through the trainer's decode path and extractor (`trainers.training.feature_cache`,
    saved in DIR/features and checked like a run's cache; memory-mapped when large).
 2. Out-of-sample probabilities for every record: k folds over all records, a
    near-duplicate group of the build never straddling two folds, a softmax head
@@ -39,6 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
+
+from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
 
 _FLAGS = flags.FLAGS
 # Cosine similarity of pooled mnv2_035 features at or above which two records of
@@ -77,9 +79,10 @@ def audit(data_dir: str, dataset: str, model: str, weights: str, image_size: int
   import keras  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
-  from trainers import models  # pylint: disable=g-import-not-at-top
-  from trainers import train  # pylint: disable=g-import-not-at-top
-  from trainers import weights as weights_lib  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import models  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import cutting
+  from trainers.training import train  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import weights as weights_lib  # pylint: disable=g-import-not-at-top
   from tools import audit_report  # pylint: disable=g-import-not-at-top
   from tools import confident_learning  # pylint: disable=g-import-not-at-top
   if model not in models.REGISTRY or models.REGISTRY[model].backbone is None:
@@ -107,7 +110,7 @@ def audit(data_dir: str, dataset: str, model: str, weights: str, image_size: int
   keras.utils.set_random_seed(seed)  # a random backbone (--allow_random_features) too
   config = config_lib.Config(model=model, model_dir=out, dataset=dataset, data_dir=data_dir,
                              image_size=image_size, weights=weights, seed=seed)
-  extractor, _ = models.split_at_pool(train.build(config, resolved))
+  extractor, _ = cutting.split_at_pool(train.build(config, resolved))
   builder, records = _features(extractor, config, resolved, out, batch_size)
   extracted = time.time() - started
   probabilities = out_of_sample(records, _groups(builder, records), folds, seed)
@@ -127,11 +130,11 @@ def _command() -> str:
 
 def _features(extractor, config, resolved, out: str, batch_size: int):
   """(builder, Records): every split's features, extracted once into out/features."""
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import feature_cache  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
-  from trainers import results  # pylint: disable=g-import-not-at-top
-  from trainers import run_folder  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.training import feature_cache  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers.evaluation import results  # pylint: disable=g-import-not-at-top
+  from trainers.runs import run_folder  # pylint: disable=g-import-not-at-top
   builder = dataset_lib.builder(config.dataset, config.data_dir)
   weights_id = run_folder.sha256_of(resolved) if resolved not in (None, "imagenet") else str(
       resolved)
@@ -140,7 +143,7 @@ def _features(extractor, config, resolved, out: str, batch_size: int):
       "resize": config.resize, "dataset": results.identity("", builder, [])[
           "dataset_fingerprint"]}, sort_keys=True).encode()).hexdigest()
   names, splits, labels, phashes, features = [], [], [], [], []
-  from trainers import split_plan  # pylint: disable=g-import-not-at-top
+  from trainers.data import split_plan  # pylint: disable=g-import-not-at-top
   for index, split in enumerate(split_plan.SPLITS):
     split_records = records_lib.records(builder, split, extra_keys=("phash",))
     meta = [(record["file_name"].decode(), record["label"], record["phash"])
@@ -162,7 +165,7 @@ def _features(extractor, config, resolved, out: str, batch_size: int):
 
 def _stack(parts, path: str) -> np.ndarray:
   """The splits' features as one array: in memory when they fit, else memory-mapped."""
-  from trainers import feature_cache  # pylint: disable=g-import-not-at-top
+  from trainers.training import feature_cache  # pylint: disable=g-import-not-at-top
   total = sum(part.nbytes for part in parts)
   if total <= feature_cache.MEMORY_BYTES:
     return np.concatenate([np.asarray(part) for part in parts])
@@ -314,10 +317,10 @@ def outliers_of(records: Records, distance: np.ndarray,
 
 
 def main(argv):
-  from trainers import entry_point  # pylint: disable=g-import-not-at-top
-  from trainers import weights as weights_lib  # pylint: disable=g-import-not-at-top
-  entry_point.no_arguments(argv)
-  entry_point.quiet_logs()
+  from trainers import cli  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import weights as weights_lib  # pylint: disable=g-import-not-at-top
+  cli.no_arguments(argv)
+  cli.quiet_logs()
   try:
     summary = audit(_FLAGS.data_dir, _FLAGS.dataset, _FLAGS.model, _FLAGS.weights,
                     _FLAGS.image_size, _FLAGS.out, folds=_FLAGS.folds, seed=_FLAGS.seed,
@@ -333,7 +336,7 @@ def main(argv):
 
 def _define_flags():
   flags.DEFINE_string("data_dir", None, "Where `tfds build` wrote the dataset.")
-  flags.DEFINE_string("dataset", "animals10_tfds/160px", "TFDS name/config.")
+  flags.DEFINE_string("dataset", config_lib.DATASET, "TFDS name/config.")
   flags.DEFINE_string("model", "mnv2_035", "A transfer model of the registry.")
   flags.DEFINE_string("weights", "imagenet", "The backbone's weights: a .h5 file, imagenet "
                       "(Keras's cache), or none (refused unless --allow_random_features).")

@@ -16,11 +16,11 @@ import os
 import numpy as np
 
 from animals10_tfds import source
-from trainers import figures
-from trainers import input_pipeline
-from trainers import records as records_lib
-from trainers import run_folder
-from trainers import split_plan
+from trainers.evaluation import figures
+from trainers.data import input_pipeline
+from trainers.data import records as records_lib
+from trainers.runs import run_folder
+from trainers.data import split_plan
 
 SPLITS = split_plan.SPLITS
 COLUMNS = ("file_name", "split", "label", "suggested_label", "issue", "score", "partner_file",

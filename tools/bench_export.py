@@ -24,9 +24,9 @@ VARIANTS = ("none", "float16", "dynamic", "int8")
 
 def measure(model_dir: str, calibration_images: int, runs: int) -> list[dict]:
   """The table's rows: Keras first, then each TFLite variant."""
-  from trainers import export  # pylint: disable=g-import-not-at-top
-  from trainers import run_paths  # pylint: disable=g-import-not-at-top
-  from trainers import tflite_file  # pylint: disable=g-import-not-at-top
+  from trainers.serving import export  # pylint: disable=g-import-not-at-top
+  from trainers.runs import run_paths  # pylint: disable=g-import-not-at-top
+  from trainers.serving import tflite_file  # pylint: disable=g-import-not-at-top
   rows = []
   with tempfile.TemporaryDirectory() as folder:
     for quantize in VARIANTS:
@@ -61,9 +61,9 @@ def table(rows: list[dict], threads: int) -> str:
 
 
 def main(argv):
-  from trainers import entry_point  # pylint: disable=g-import-not-at-top
-  entry_point.no_arguments(argv)
-  entry_point.quiet_logs()
+  from trainers import cli  # pylint: disable=g-import-not-at-top
+  cli.no_arguments(argv)
+  cli.quiet_logs()
   if _FLAGS.runs < 1:
     raise app.UsageError(f"--runs must be at least 1, got {_FLAGS.runs}.")
   rows = measure(_FLAGS.model_dir, _FLAGS.calibration_images, _FLAGS.runs)

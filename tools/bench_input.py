@@ -6,7 +6,7 @@ Images/second at the same output size, after a warm-up, median of `--passes`:
   seed_loader       keras.utils.load_img(target_size) + img_to_array in a loop (the study)
   directory_loader  keras.utils.image_dataset_from_directory on the raw folders
   decode_ceiling    decode + resize of record bytes already in memory (per config)
-  pipeline          trainers.input_pipeline, a whole first (uncached) epoch of the
+  pipeline          trainers.data.input_pipeline, a whole first (uncached) epoch of the
                     train split, shuffle-buffer fill included (per config)
   pipeline_cached   the same, an epoch after its cache was filled (per config)
 The loaders and the ceiling read --limit images; the pipeline a whole epoch.
@@ -88,9 +88,9 @@ def directory_loader(manual_dir, image_size, batch_size, limit):
 
 
 def _split(config, data_dir):
-  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   builder = dataset_lib.builder(f"animals10_tfds/{config}", data_dir)
   return input_pipeline, builder, records_lib.records(builder, "train")
 
@@ -110,7 +110,7 @@ def decode_ceiling(config, data_dir, image_size, batch_size, limit):
 
 def pipeline(config, data_dir, image_size, batch_size, cached):
   """The trainer's pipeline over one whole epoch of the train split."""
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
   steps = max(1, builder.info.splits["train"].num_examples // batch_size)
   dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(

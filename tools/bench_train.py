@@ -19,7 +19,7 @@ For each precision policy this machine has hardware for (or each of --precisions
 all three run on any CPU, the mixed ones emulated where it lacks the units), side
 by side in one run: images/second of cnn2 (or
 --cnn=cnn4) fed by
-`trainers.input_pipeline` (first epoch, decoding; and with --cache, after the
+`trainers.data.input_pipeline` (first epoch, decoding; and with --cache, after the
 cache is filled) and fed from one in-memory batch (no input work at all); the
 input stall is 1 - pipeline/in-memory, and the arithmetic rate in memory
 (GFLOP/s: 2 x 3 x the multiply-adds of a forward pass, per image). Then peak resident memory of
@@ -38,6 +38,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from trainers import config as config_lib  # plain Python: no TensorFlow
 # TensorFlow, Keras and the trainer are imported inside the functions: the
 # --rss_child process measures its own peak memory from a clean start, and a flag
 # error answers before TensorFlow's seconds of start-up.
@@ -48,7 +50,7 @@ _FLAGS = flags.FLAGS
 def precisions() -> list[str]:
   """float32, plus the mixed policies this machine has hardware for."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainers import devices  # pylint: disable=g-import-not-at-top
+  from trainers.training import devices  # pylint: disable=g-import-not-at-top
   available = ["float32"]
   if devices.cpu_has_bf16() or tf.config.list_physical_devices("GPU"):
     available.append("mixed_bfloat16")
@@ -62,7 +64,7 @@ def precisions() -> list[str]:
 
 def _model(precision, image_size, name="cnn2"):
   import keras  # pylint: disable=g-import-not-at-top
-  from trainers import models  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import models  # pylint: disable=g-import-not-at-top
   keras.mixed_precision.set_global_policy(precision)
   model = models.build_model(name, image_size, weights=None)
   model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
@@ -99,13 +101,14 @@ class _EpochTimer:
 
     class Callback(keras.callbacks.Callback):
 
-      def on_epoch_begin(inner, epoch, logs=None):  # pylint: disable=no-self-argument
-        inner.start = time.perf_counter()
+      def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
 
-      def on_epoch_end(inner, epoch, logs=None):  # pylint: disable=no-self-argument
-        self.seconds.append(time.perf_counter() - inner.start)
+      def on_epoch_end(self, epoch, logs=None):
+        seconds.append(time.perf_counter() - self.start)
 
-    self.seconds = []
+    seconds = []
+    self.seconds = seconds
     self.callback = Callback()
 
 
@@ -121,10 +124,10 @@ def throughput(data_dir, precision, image_size=100, batch_size=32, steps=40, pas
                cnn="cnn2"):
   """Images/second of a study CNN under `precision`, fed three ways."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
-  builder = dataset_lib.builder("animals10_tfds/160px", data_dir)
+  from trainers.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  builder = dataset_lib.builder(config_lib.DATASET, data_dir)
   records = records_lib.records(builder, "train")
   stream = input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1,
@@ -152,10 +155,10 @@ def epoch_peak_rss(data_dir, image_size=100, batch_size=32) -> dict:
 
 
 def _rss_child(data_dir, image_size, batch_size):
-  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
-  builder = dataset_lib.builder("animals10_tfds/160px", data_dir)
+  from trainers.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  builder = dataset_lib.builder(config_lib.DATASET, data_dir)
   records = records_lib.records(builder, "train")
   images = builder.info.splits["train"].num_examples
   steps = images // batch_size
@@ -197,7 +200,7 @@ def measure(data_dir, rss_data_dirs=(), steps=40, passes=3, image_size=100,
     results[f"input_stall/{precision}"] = max(0.0, 1 - rates["pipeline"] / rates["in_memory"])
     results[f"input_stall_cached/{precision}"] = max(
         0.0, 1 - rates["pipeline_cached"] / rates["in_memory"])
-  from trainers import devices  # pylint: disable=g-import-not-at-top
+  from trainers.training import devices  # pylint: disable=g-import-not-at-top
   auto = devices.resolve_precision("auto", "auto")
   results["auto_precision"] = auto
   if f"pipeline/{auto}" in results and "pipeline/float32" in results:
@@ -215,17 +218,18 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
   """Images/second of a transfer model's frozen phase (or, with `fine_tune`, its
   fine-tuning phase), plain and on cached activations, side by side."""
   import keras  # pylint: disable=g-import-not-at-top
-  from trainers import devices  # pylint: disable=g-import-not-at-top
-  from trainers import feature_cache  # pylint: disable=g-import-not-at-top
-  from trainers import input_pipeline  # pylint: disable=g-import-not-at-top
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-  from trainers import records as records_lib  # pylint: disable=g-import-not-at-top
-  from trainers import split_plan  # pylint: disable=g-import-not-at-top
-  from trainers import models  # pylint: disable=g-import-not-at-top
-  from trainers import recipe  # pylint: disable=g-import-not-at-top
+  from trainers.training import devices  # pylint: disable=g-import-not-at-top
+  from trainers.training import feature_cache  # pylint: disable=g-import-not-at-top
+  from trainers.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import split_plan  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import cutting  # pylint: disable=g-import-not-at-top
+  from trainers.modeling import models  # pylint: disable=g-import-not-at-top
+  from trainers.training import recipe  # pylint: disable=g-import-not-at-top
   precision = devices.resolve_precision("auto", "auto")
   keras.mixed_precision.set_global_policy(precision)
-  builder = dataset_lib.builder("animals10_tfds/160px", data_dir)
+  builder = dataset_lib.builder(config_lib.DATASET, data_dir)
   records = records_lib.records(builder, "train").take(steps * batch_size)
   stream = input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1, image_size=image_size,
@@ -233,9 +237,9 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
   model = models.build_model(model_name, image_size, weights=None)
   if fine_tune:
     models.unfreeze_top(model, fine_tune_layers)
-    extractor, top = models.split_at_cut(model, fine_tune_layers)
+    extractor, top = cutting.split_at_cut(model, fine_tune_layers)
   else:
-    extractor, top = models.split_at_pool(model)
+    extractor, top = cutting.split_at_pool(model)
   recipe.compile_for_training(model, recipe.Recipe(1e-3))
   plain = _timed_fit(model, input_pipeline.training_batches(records, stream), steps, passes)
   plan = split_plan.EvalPlan(steps * batch_size, batch_size)
@@ -296,8 +300,10 @@ def projection(rates: dict, train: int, validation: int, epochs: int) -> dict:
 
 def _define_flags():
   flags.DEFINE_string("data_dir", None, "A built TFDS data_dir.", required=True)
-  flags.DEFINE_enum("model", None, ["mnv2", "mnv2_035", "enb3", "dn121"],
-                    "Benchmark this transfer model's frozen phase instead of cnn2.")
+  # A string checked against the registry in main: importing the registry here would
+  # import Keras before the --rss_child process measures its memory from a clean start.
+  flags.DEFINE_string("model", None, "Benchmark this transfer model of the registry (its "
+                      "frozen phase) instead of cnn2.")
   flags.DEFINE_bool("fine_tune", False, "With --model: its fine-tuning phase (the top "
                     "--fine_tune_layers layers and the head on cached activations at the cut).")
   flags.DEFINE_integer("fine_tune_layers", 30, "With --fine_tune: backbone layers unfrozen.",
@@ -321,15 +327,20 @@ def main(argv):
     _rss_child(_FLAGS.data_dir, _FLAGS.image_size, _FLAGS.batch_size)
     return
   if _FLAGS.model:
-    from trainers import models  # pylint: disable=g-import-not-at-top
+    from trainers.modeling import cutting  # pylint: disable=g-import-not-at-top
+    from trainers.modeling import models  # pylint: disable=g-import-not-at-top
+    transfer = sorted(name for name, spec in models.REGISTRY.items() if spec.backbone)
+    if _FLAGS.model not in transfer:
+      sys.exit(f"bench_train: --model={_FLAGS.model} is not a transfer model of the registry; "
+               f"choose one of {', '.join(transfer)}.")
     try:
       results = transfer(_FLAGS.data_dir, _FLAGS.model, _FLAGS.image_size, _FLAGS.batch_size,
                          _FLAGS.steps, _FLAGS.passes, fine_tune=_FLAGS.fine_tune,
                          fine_tune_layers=_FLAGS.fine_tune_layers)
-    except models.CutError as error:
+    except cutting.CutError as error:
       sys.exit(f"bench_train: no cut to cache at: {error}; choose a smaller --fine_tune_layers.")
   else:
-    from trainers import devices  # pylint: disable=g-import-not-at-top
+    from trainers.training import devices  # pylint: disable=g-import-not-at-top
     unknown = sorted(set(_FLAGS.precisions) - set(devices.POLICIES))
     if unknown:
       sys.exit(f"bench_train: --precisions={','.join(unknown)} is not among "

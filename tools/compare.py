@@ -27,15 +27,15 @@ import sys
 from absl import app
 from absl import flags
 
-from trainers import config as config_lib
-from trainers import figures
-from trainers import metrics as metrics_lib
-from trainers import results
-from trainers import run_paths
+from trainers.runs import settings as settings_lib
+from trainers.evaluation import figures
+from trainers.evaluation import metrics as metrics_lib
+from trainers.evaluation import results
+from trainers.runs import run_paths
 
 COLUMNS = metrics_lib.STUDY_COLUMNS + ("train_seconds",)
 # What the data of a run was: seeds of one experiment must agree on both (where
-# the data lives may differ: `config.SAME_EXPERIMENT_EXCEPT`).
+# the data lives may differ: `settings.SAME_EXPERIMENT_EXCEPT`).
 DATA_IDENTITY = ("dataset_fingerprint", "test_names_sha256")
 
 # tools.compare's own output folder when tools.reproduce calls it.
@@ -54,7 +54,7 @@ def experiment_of(run_dir: str) -> tuple[str, str]:
   name = os.path.basename(path)
   if re.fullmatch(r"seed_\d+", name):
     name = os.path.basename(os.path.dirname(path))
-  return name, f"seed_{config_lib.load(run_dir).seed}"
+  return name, f"seed_{settings_lib.load(run_dir).seed}"
 
 
 def mcnemar_p(only_first: int, only_second: int) -> float:
@@ -128,8 +128,8 @@ def _check_same_settings(name: str, seeds: dict):
   """Raises ValueError when the runs of one experiment differ in more than the seed:
   in a setting, or in the data they trained and were tested on."""
   settings = {seed: {key: value for key, value in
-                     dataclasses.asdict(config_lib.load(run["dir"])).items()
-                     if key not in config_lib.SAME_EXPERIMENT_EXCEPT}
+                     dataclasses.asdict(settings_lib.load(run["dir"])).items()
+                     if key not in settings_lib.SAME_EXPERIMENT_EXCEPT}
               for seed, run in seeds.items()}
   first_seed, first = next(iter(settings.items()))
   for seed, other in settings.items():

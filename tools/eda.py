@@ -63,7 +63,7 @@ def _row(result: scan.ScanResult) -> dict:
 def table_from_tfds(dataset: str, data_dir) -> tuple[pd.DataFrame, list]:
   """The same table from a built dataset: record metadata, no image decoding."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
   builder = dataset_lib.builder(dataset, data_dir)
   fields = ("file_name", "sha256", "width", "height", "mode", "format", "orientation",
             "label", "phash")

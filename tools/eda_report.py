@@ -4,7 +4,7 @@ import os
 
 import pandas as pd
 
-from trainers import figures
+from trainers.evaluation import figures
 
 # The study's findings on the real download, to read ours against.
 STUDY_FINDINGS = """\

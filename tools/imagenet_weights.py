@@ -16,9 +16,9 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 
-from trainers import entry_point  # pylint: disable=g-import-not-at-top
-from trainers import models  # pylint: disable=g-import-not-at-top
-from trainers import weights as weights_lib  # pylint: disable=g-import-not-at-top
+from trainers import cli  # pylint: disable=g-import-not-at-top
+from trainers.modeling import models  # pylint: disable=g-import-not-at-top
+from trainers.modeling import weights as weights_lib  # pylint: disable=g-import-not-at-top
 
 _FLAGS = flags.FLAGS
 
@@ -48,8 +48,8 @@ def find(model: str, image_size: int) -> str:
 
 
 def main(argv):
-  entry_point.no_arguments(argv)
-  entry_point.quiet_logs()
+  cli.no_arguments(argv)
+  cli.quiet_logs()
   keras.config.disable_interactive_logging()  # the download's progress bar
   try:
     print(find(_FLAGS.model, _FLAGS.image_size))

@@ -41,18 +41,18 @@ import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from trainers import batches as batches_lib  # pylint: disable=g-import-not-at-top
-from trainers import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-from trainers import devices  # pylint: disable=g-import-not-at-top
-from trainers import entry_point  # pylint: disable=g-import-not-at-top
-from trainers import feature_cache  # pylint: disable=g-import-not-at-top
+from trainers.data import batches as batches_lib  # pylint: disable=g-import-not-at-top
+from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+from trainers.training import devices  # pylint: disable=g-import-not-at-top
+from trainers import cli  # pylint: disable=g-import-not-at-top
+from trainers.training import feature_cache  # pylint: disable=g-import-not-at-top
 from trainers import main as trainer_main  # pylint: disable=g-import-not-at-top
-from trainers import models  # pylint: disable=g-import-not-at-top
-from trainers import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
-from trainers import run_folder  # pylint: disable=g-import-not-at-top
-from trainers import split_plan  # pylint: disable=g-import-not-at-top
-from trainers import train  # pylint: disable=g-import-not-at-top
-from trainers import weights as weights_lib  # pylint: disable=g-import-not-at-top
+from trainers.modeling import cutting  # pylint: disable=g-import-not-at-top
+from trainers.training import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
+from trainers.runs import run_folder  # pylint: disable=g-import-not-at-top
+from trainers.data import split_plan  # pylint: disable=g-import-not-at-top
+from trainers.training import train  # pylint: disable=g-import-not-at-top
+from trainers.modeling import weights as weights_lib  # pylint: disable=g-import-not-at-top
 
 SMOOTHING = 0.98  # of the running average that tells divergence (fastai's)
 DIVERGED = 4.0  # stop once that average passes this many times its minimum
@@ -178,7 +178,7 @@ def run(config, out: str, *, steps: int, start: float, end: float) -> dict:
         config, images_trained=steps * config.batch_size,
         train_images=data.counts["train"] // config.batch_size * config.batch_size)
     if reason is None:
-      extractor, trainee = models.split_at_pool(model)
+      extractor, trainee = cutting.split_at_pool(model)
       features = feature_cache.extract(
           extractor, data.records("train"), folder=os.path.join(scratch, "features"),
           split="train", batch_size=config.batch_size, image_size=config.image_size,
@@ -232,8 +232,8 @@ def _plot(result: dict, path: str):
 
 
 def main(argv):
-  entry_point.no_arguments(argv)
-  entry_point.quiet_logs()
+  cli.no_arguments(argv)
+  cli.quiet_logs()
   values = flags.FLAGS
   if values.sweep_steps < 2:
     sys.exit(f"error: --sweep_steps must be at least 2, got {values.sweep_steps}.")

@@ -28,7 +28,7 @@ from absl import app
 from absl import flags
 
 from tools import compare
-from trainers import run_lock
+from trainers.runs import run_lock
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "trainers", "experiments")

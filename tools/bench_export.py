@@ -11,12 +11,13 @@ the run's whole test split. Latency is the median of --runs batch-1 calls, with
 thread count in a fresh process. Prints a Markdown table.
 """
 
-import json
 import os
 import tempfile
 
 from absl import app
 from absl import flags
+
+from trainers.runs import run_folder  # pylint: disable=g-import-not-at-top
 
 _FLAGS = flags.FLAGS
 VARIANTS = ("none", "float16", "dynamic", "int8")
@@ -71,8 +72,7 @@ def main(argv):
         f"{rows[-1]['calibration_images']} train images; median of {_FLAGS.runs} calls")
   print(table(rows, os.cpu_count()))
   if _FLAGS.json:
-    with open(_FLAGS.json, "w") as file:
-      json.dump(rows, file, indent=2)
+    run_folder.write_json(_FLAGS.json, rows)
 
 
 def _define_flags():

@@ -12,13 +12,14 @@ Images/second at the same output size, after a warm-up, median of `--passes`:
 The loaders and the ceiling read --limit images; the pipeline a whole epoch.
 """
 
-import json
 import os
 import statistics
 import time
 
 from absl import app
 from absl import flags
+
+from trainers.runs import run_folder  # pylint: disable=g-import-not-at-top
 # TensorFlow, Keras and the trainer are imported inside the functions that time
 # them: each loader is measured from a cold start of what it uses, and a flag
 # error answers before TensorFlow's seconds of start-up.
@@ -173,8 +174,7 @@ def main(argv):
   for key, value in results["ratios"].items():
     print(f"{key:32s} {value:10.2f}x")
   if _FLAGS.json:
-    with open(_FLAGS.json, "w") as file:
-      json.dump(results, file, indent=2)
+    run_folder.write_json(_FLAGS.json, results)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ import time
 from absl import app
 from absl import flags
 
+from trainers.runs import run_folder  # pylint: disable=g-import-not-at-top
+
 from trainers import config as config_lib  # plain Python: no TensorFlow
 # TensorFlow, Keras and the trainer are imported inside the functions: the
 # --rss_child process measures its own peak memory from a clean start, and a flag
@@ -351,8 +353,7 @@ def main(argv):
   for key, value in results.items():
     print(f"{key:32s} {value if isinstance(value, (str, dict, list)) else f'{value:.2f}'}")
   if _FLAGS.json:
-    with open(_FLAGS.json, "w") as file:
-      json.dump(results, file, indent=2)
+    run_folder.write_json(_FLAGS.json, results)
 
 
 if __name__ == "__main__":

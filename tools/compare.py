@@ -31,6 +31,7 @@ from trainers.runs import settings as settings_lib
 from trainers.evaluation import figures
 from trainers.evaluation import metrics as metrics_lib
 from trainers.evaluation import results
+from trainers.runs import run_folder
 from trainers.runs import run_paths
 
 COLUMNS = metrics_lib.STUDY_COLUMNS + ("train_seconds",)
@@ -202,8 +203,7 @@ def write_csv(rows, path):
   writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
   writer.writeheader()
   writer.writerows(rows)
-  with open(path, "w") as file:
-    file.write(buffer.getvalue())
+  run_folder.atomic_write(path, buffer.getvalue().encode())
 
 
 def charts(rows, experiments, out):
@@ -220,8 +220,7 @@ def charts(rows, experiments, out):
   axes.legend()
   axes.set_title("Test accuracy and weighted F1 (mean ± std over seeds)")
   figure.tight_layout()
-  figure.savefig(os.path.join(out, "comparison.png"), dpi=90)
-  pyplot.close(figure)
+  figures.save(figure, os.path.join(out, "comparison.png"), dpi=90)
   per_class_f1_png(experiments, os.path.join(out, "per_class_f1.png"))
   figure, axes = pyplot.subplots(figsize=(7, 4))
   for name, seeds in experiments.items():
@@ -232,8 +231,7 @@ def charts(rows, experiments, out):
   axes.set_ylabel("val_accuracy")
   axes.legend(fontsize=7)
   figure.tight_layout()
-  figure.savefig(os.path.join(out, "curves.png"), dpi=90)
-  pyplot.close(figure)
+  figures.save(figure, os.path.join(out, "curves.png"), dpi=90)
 
 
 def per_class_f1(experiments: dict) -> dict:
@@ -269,8 +267,7 @@ def per_class_f1_png(experiments: dict, path: str):
   axes.set_title("Per-class F1 (mean ± std over seeds)")
   axes.legend(fontsize=7)
   figure.tight_layout()
-  figure.savefig(path, dpi=90)
-  pyplot.close(figure)
+  figures.save(figure, path, dpi=90)
 
 
 def compare(run_dirs, out=None, append_workspace=None) -> str:

@@ -94,8 +94,7 @@ def plots(good: pd.DataFrame, out: str):
 
   def save(figure, name):
     figure.tight_layout()
-    figure.savefig(os.path.join(out, name), dpi=90)
-    pyplot.close(figure)
+    figures.save(figure, os.path.join(out, name), dpi=90)
 
   figure, axes = pyplot.subplots(figsize=(7, 4))
   labels = good.label.value_counts()

@@ -27,7 +27,6 @@ lands within a factor of 3 of the best constant rate found by training at each
 """
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -39,20 +38,15 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from trainers.data import batches as batches_lib  # pylint: disable=g-import-not-at-top
-from trainers.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-from trainers.training import devices  # pylint: disable=g-import-not-at-top
 from trainers import cli  # pylint: disable=g-import-not-at-top
 from trainers.training import feature_cache  # pylint: disable=g-import-not-at-top
 from trainers import main as trainer_main  # pylint: disable=g-import-not-at-top
 from trainers.modeling import cutting  # pylint: disable=g-import-not-at-top
 from trainers.training import recipe as recipe_lib  # pylint: disable=g-import-not-at-top
+from trainers.evaluation import figures  # pylint: disable=g-import-not-at-top
 from trainers.runs import run_folder  # pylint: disable=g-import-not-at-top
-from trainers.data import split_plan  # pylint: disable=g-import-not-at-top
 from trainers.training import train  # pylint: disable=g-import-not-at-top
-from trainers.modeling import weights as weights_lib  # pylint: disable=g-import-not-at-top
 
 SMOOTHING = 0.98  # of the running average that tells divergence (fastai's)
 DIVERGED = 4.0  # stop once that average passes this many times its minimum
@@ -165,14 +159,8 @@ def run(config, out: str, *, steps: int, start: float, end: float) -> dict:
   scratch = run_folder.scratch_folder(out, SCRATCH_PREFIX)
   try:
     config = dataclasses.replace(config, model_dir=scratch)
-    keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(
-        devices.resolve_precision(config.precision, "one_device"))
-    weights = weights_lib.resolve(config.model, config.weights, config.image_size)
-    builder = dataset_lib.builder(config.dataset, config.data_dir)
-    data = batches_lib.WorkerBatches(config, tf.distribute.get_strategy(), builder,
-                                     split_plan.plan_of_run(config, builder))
-    model = train.build(config, weights)
+    prepared = train.prepare(config)
+    model, data = prepared.model, prepared.data
     trainee, features = model, None
     reason = feature_cache.reason_not_cached(
         config, images_trained=steps * config.batch_size,
@@ -208,10 +196,7 @@ def run(config, out: str, *, steps: int, start: float, end: float) -> dict:
 
 def _plot(result: dict, path: str):
   """Loss and smoothed loss against the rate (log scale), the suggestion marked."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
-  figure, axes = pyplot.subplots(figsize=(7, 4.5))
+  figure, axes = figures.pyplot().subplots(figsize=(7, 4.5))
   axes.plot(result["learning_rates"], result["losses"], color="0.75", label="loss of the step")
   axes.plot(result["learning_rates"], result["smoothed_losses"], label="smoothed")
   axes.axvline(result["suggested_learning_rate"], color="C3", linestyle="--",
@@ -226,9 +211,7 @@ def _plot(result: dict, path: str):
   axes.set_ylim(top=top if math.isfinite(top) else None)
   axes.legend()
   figure.tight_layout()
-  run_folder.replace_with(path, lambda temporary: figure.savefig(temporary, dpi=100),
-                          suffix=".png")
-  pyplot.close(figure)
+  figures.save(figure, path)
 
 
 def main(argv):

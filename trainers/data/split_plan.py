@@ -15,6 +15,34 @@ import numpy as np
 from trainers.data import records as records_lib
 
 
+def _kept(labels: np.ndarray, names: list, listed: Optional[np.ndarray], balance: str,
+          classes: int) -> tuple[np.ndarray, Optional[tuple], int]:
+  """(labels kept, names kept or None for all, count excluded) of one split.
+
+  `listed` marks the records --exclude names (None: the split keeps them).
+  """
+  keep, excluded = None, 0
+  if listed is not None and listed.any():
+    excluded = int(listed.sum())
+    names = [name for name, hit in zip(names, listed) if not hit]
+    labels = labels[~listed]
+    keep = tuple(names)
+  if balance == "undersample":
+    keep = tuple(undersample(labels, names, classes))
+    labels = labels[np.isin(names, keep)]
+  return labels, keep, excluded
+
+
+def _check_every_class(train_labels: np.ndarray, class_names: tuple, allow_empty_classes: bool):
+  """Refuses a train split without some class, unless allowed."""
+  counts = np.bincount(train_labels, minlength=len(class_names))
+  empty = [name for name, count in zip(class_names, counts) if count == 0]
+  if empty and not allow_empty_classes:
+    raise ValueError(f"the train split has no {', '.join(empty)} image: rebuild the dataset "
+                     "with every class, loosen --keep_formats/--keep_modes/--keep_orientations, "
+                     "or pass --allow_empty_classes to train without them.")
+
+
 def undersample(labels: np.ndarray, names: Sequence[str], num_classes: int) -> list[str]:
   """File names that keep every class at the smallest class's count.
 
@@ -110,18 +138,11 @@ def plan(dataset_builder, filters: records_lib.Filters, balance: str, batch_size
   for split in SPLITS:
     labels, names = records_lib.labels_and_names(
         records_lib.records(dataset_builder, split, filters))
-    keep[split] = None
     listed = np.isin(names, list(exclude)) if exclude else np.zeros(len(names), bool)
     unmatched -= {name for name, hit in zip(names, listed) if hit}
-    excluded[split] = 0
-    if listed.any() and (split != "test" or exclude_test):
-      excluded[split] = int(listed.sum())
-      names = [name for name, hit in zip(names, listed) if not hit]
-      labels = labels[~listed]
-      keep[split] = tuple(names)
-    if balance == "undersample":
-      keep[split] = tuple(undersample(labels, names, len(class_names)))
-      labels = labels[np.isin(names, keep[split])]
+    labels, keep[split], excluded[split] = _kept(
+        labels, names, listed if split != "test" or exclude_test else None, balance,
+        len(class_names))
     if not len(labels):  # pylint: disable=g-explicit-length-test
       raise ValueError(f"No {split} images left after --keep_formats/--keep_modes/"
                        "--keep_orientations/--balance/--exclude: loosen the filters.")
@@ -132,13 +153,7 @@ def plan(dataset_builder, filters: records_lib.Filters, balance: str, batch_size
     raise ValueError(f"--exclude names {len(unmatched)} file(s) that match no record of the "
                      f"dataset (after --keep_* filters), e.g. {sorted(unmatched)[0]!r}: fix "
                      "the list (a typo?); nothing was trained.")
-  empty = [name for name, count in zip(class_names, np.bincount(train_labels,
-                                                                minlength=len(class_names)))
-           if count == 0]
-  if empty and not allow_empty_classes:
-    raise ValueError(f"the train split has no {', '.join(empty)} image: rebuild the dataset "
-                     "with every class, loosen --keep_formats/--keep_modes/--keep_orientations, "
-                     "or pass --allow_empty_classes to train without them.")
+  _check_every_class(train_labels, class_names, allow_empty_classes)
   class_weight = None
   if balance == "class_weight":
     weights = class_weights(train_labels, len(class_names))

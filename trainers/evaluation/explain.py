@@ -8,7 +8,6 @@ backbone's output (its last convolutional block, right before the pooling
 layer) for the transfer models. Keras and `tf.GradientTape` only.
 """
 
-import io
 import os
 from typing import Sequence
 
@@ -92,14 +91,12 @@ def write(out_dir: str, names: Sequence[str], images: np.ndarray, heat: np.ndarr
       axes.axis("off")
     figure.suptitle(caption, fontsize=8)
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    pyplot.close(figure)
+    png = figures.png_bytes(figure)
     stem = os.path.splitext(os.path.basename(name))[0]
     path, copy = os.path.join(out_dir, stem + ".png"), 1
     while path in paths:  # same file name in two folders
       copy += 1
       path = os.path.join(out_dir, f"{stem}-{copy}.png")
-    run_folder.atomic_write(path, buffer.getvalue())
+    run_folder.atomic_write(path, png)
     paths.append(path)
   return paths

@@ -29,11 +29,20 @@ def pyplot():
   return pyplot_module
 
 
-def _save(figure, path: str, dpi: int = 100):
+def png_bytes(figure, dpi: int = 100) -> bytes:
+  """A figure as PNG bytes; the figure is closed."""
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=dpi)
   pyplot().close(figure)
-  run_folder.atomic_write(path, buffer.getvalue())
+  return buffer.getvalue()
+
+
+def save(figure, path: str, dpi: int = 100):
+  """Writes a figure as a PNG file, atomically (`run_folder.atomic_write`); closes it.
+
+  Every picture the trainer and the tools write goes through here.
+  """
+  run_folder.atomic_write(path, png_bytes(figure, dpi))
 
 
 def confusion_png(path: str, confusion: Sequence[Sequence[int]], class_names: Sequence[str]):
@@ -49,7 +58,7 @@ def confusion_png(path: str, confusion: Sequence[Sequence[int]], class_names: Se
     axes.text(column, row, str(value), ha="center", va="center", fontsize=7,
               color="white" if value > matrix.max() / 2 else "black")
   figure.tight_layout()
-  _save(figure, path)
+  save(figure, path)
 
 
 def per_class_png(path: str, per_class: dict):
@@ -67,7 +76,7 @@ def per_class_png(path: str, per_class: dict):
   axes.set_title("Per class (support in brackets)")
   axes.legend(fontsize=8, ncols=3, loc="upper right")
   figure.tight_layout()
-  _save(figure, path)
+  save(figure, path)
 
 
 def select_errors(labels: np.ndarray, probabilities: np.ndarray,
@@ -116,4 +125,4 @@ def errors_png(path: str, images: Sequence[np.ndarray], captions: Sequence[str],
     axes.set_title(caption, fontsize=6.5)
   figure.suptitle(title, fontsize=9)
   figure.tight_layout()
-  _save(figure, path, dpi=90)
+  save(figure, path, dpi=90)

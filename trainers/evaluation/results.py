@@ -1,7 +1,7 @@
 """What a finished run leaves in its folder, and how a finished run is recognised.
 
-`train._evaluate` predicts the test split; this module turns the predictions
-into the run folder's results: metrics.json (the study's columns, per-class
+`train._evaluate` predicts the test split; `write_all` turns the predictions
+(an `Evaluation`) into the run folder's results: metrics.json (the study's columns, per-class
 figures, confusion matrix, clock), predictions.csv, confusion.png,
 per_class.png, errors.png. Every file is written atomically, and metrics.json
 last: it marks the run as finished.
@@ -14,7 +14,7 @@ import hashlib
 import io
 import json
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -110,17 +110,53 @@ def error_captions(selected: Sequence[int], names: Sequence[str], labels: np.nda
   return captions
 
 
-def write(model_dir: str, result: dict, names: Sequence[str], labels: np.ndarray,
-          probabilities: np.ndarray, class_names: Sequence[str], error_images: Sequence,
-          captions: Sequence[str]):
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """The test split as a run predicted it: what its results are made of."""
+
+  names: Sequence[str]  # file names, in the order of the rows below
+  labels: np.ndarray  # true class of each image
+  probabilities: np.ndarray  # the model's output (with test-time augmentation, its average)
+  class_names: Sequence[str]
+  plain: Optional[np.ndarray] = None  # with test-time augmentation: on the images alone
+
+
+def write_all(model_dir: str, evaluation: Evaluation, *, clocks: dict, precision: str,
+              identity: dict, decode: Callable[[list], list]) -> dict:
+  """Writes a finished run's results; returns metrics.json's contents.
+
+  Args:
+    model_dir: the run folder.
+    evaluation: the test split's predictions.
+    clocks: {phase: {"seconds", "images", "cached_features"}}.
+    precision: the policy the run trained and evaluated under.
+    identity: `identity(...)` of the run.
+    decode: file names -> the images as the model saw them (for errors.png).
+  """
+  result = collect(model_dir, evaluation.labels, evaluation.probabilities,
+                   evaluation.class_names, clocks, plain=evaluation.plain)
+  result.update(identity)
+  result["precision"] = precision
+  selected = figures.select_errors(evaluation.labels, evaluation.probabilities)
+  captions = error_captions(selected, evaluation.names, evaluation.labels,
+                            evaluation.probabilities, evaluation.class_names)
+  _write(model_dir, result, evaluation, decode([evaluation.names[index] for index in selected]),
+         captions)
+  return result
+
+
+def _write(model_dir: str, result: dict, evaluation: Evaluation, error_images: Sequence,
+           captions: Sequence[str]):
   """Writes predictions.csv, the three pictures, and metrics.json last."""
   paths = run_paths.RunPaths(model_dir)
   buffer = io.StringIO()
   writer = csv.writer(buffer, lineterminator="\n")
   writer.writerow(("file_name", "label", "prediction", "evaluation"))
+  class_names = evaluation.class_names
   writer.writerows((name, class_names[label], class_names[prediction], result["evaluation"])
-                   for name, label, prediction in zip(names, labels,
-                                                      probabilities.argmax(axis=1)))
+                   for name, label, prediction in zip(
+                       evaluation.names, evaluation.labels,
+                       evaluation.probabilities.argmax(axis=1)))
   run_folder.atomic_write(paths.predictions, buffer.getvalue().encode())
   figures.confusion_png(paths.figure("confusion.png"), result["confusion_matrix"], class_names)
   figures.per_class_png(paths.figure("per_class.png"), result["per_class"])

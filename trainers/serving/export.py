@@ -36,6 +36,7 @@ it, so a client sends upright pixels, as the dataset builder and
 
 import os
 import shutil
+from typing import Optional
 
 import keras
 import numpy as np
@@ -120,6 +121,53 @@ def export(model_dir: str, export_format: str, out: str = None, *, quantize: str
     ValueError: one line, for bad arguments, an --out that is not ours, a
       failed check (nothing is written) or a folder that cannot be written.
   """
+  io, max_accuracy_drop = _checked_arguments(export_format, quantize, io, calibration,
+                                             calibration_images, latency_runs,
+                                             max_accuracy_drop)
+  config = settings_lib.load_finished(model_dir)
+  run = results.load(model_dir)
+  out = out or run_paths.RunPaths(model_dir).export(export_format)
+  export_report.check_out(out, export_format)
+  try:
+    # Written beside `out` in a scratch folder of ours and checked there: only an
+    # export that passes the check takes `out`'s place.
+    temporary = export_report.scratch_folder(out)
+  except OSError as error:
+    raise ValueError(f"--out={out} cannot be written ({error.strerror or error}): choose a "
+                     "folder you can write to.") from None
+  try:
+    model = float32_model(config)
+    if quantize == "int8" and calibration is None:
+      calibration = calibration_set(config, calibration_images)
+    written, exported = _written(model, config, export_format, quantize, io, calibration,
+                                 temporary)
+    figures = _measure(model, exported, config, run)
+    drop = _check_guards(figures, export_format, quantize, max_accuracy_drop, tolerance)
+    report = {"path": out, "format": export_format, "quantize": quantize,
+              "io": io if export_format == "tflite" else None,
+              "bytes": export_report.bytes_of(written),
+              **figures, "accuracy_drop": drop, "max_accuracy_drop": max_accuracy_drop,
+              "latency_ms": _latency(written, export_format, config, latency_runs),
+              "calibration_images": int(len(calibration)) if quantize == "int8" else None,
+              "model_dir": model_dir, "image_size": config.image_size, "resize": config.resize,
+              "dataset": config.dataset, "class_names": list(source.LABELS),
+              "content": export_report.content(written)}
+    report = export_report.place(written, out, report, _put_in_place)
+  except OSError as error:
+    if run_folder.is_disk_full(error):
+      raise run_folder.NoSpaceLeft(out) from None
+    raise ValueError(f"--out={out} cannot be written ({error.strerror or error}): choose a "
+                     "folder you can write to.") from None
+  finally:
+    shutil.rmtree(temporary, ignore_errors=True)
+  print(export_report.summary(report))
+  return report
+
+
+def _checked_arguments(export_format: str, quantize: str, io: Optional[str], calibration,
+                       calibration_images: int, latency_runs: int,
+                       max_accuracy_drop: Optional[float]) -> tuple[str, float]:
+  """(io, max_accuracy_drop) with their defaults; one line for a bad argument."""
   if export_format not in FORMATS:
     raise ValueError(f"--format={export_format} is not one of {', '.join(FORMATS)}.")
   io = io or tflite_file.default_io(quantize)
@@ -135,73 +183,55 @@ def export(model_dir: str, export_format: str, out: str = None, *, quantize: str
   if not np.isfinite(max_accuracy_drop):
     raise ValueError(f"--max_accuracy_drop must be a finite number, got {max_accuracy_drop}: "
                      "an infinite or NaN guard would let any drop pass.")
-  config = settings_lib.load_finished(model_dir)
-  run = results.load(model_dir)
-  out = out or run_paths.RunPaths(model_dir).export(export_format)
-  export_report.check_out(out, export_format)
-  try:
-    # Written beside `out` in a scratch folder of ours and checked there: only an
-    # export that passes the check takes `out`'s place.
-    temporary = export_report.scratch_folder(out)
-  except OSError as error:
-    raise ValueError(f"--out={out} cannot be written ({error.strerror or error}): choose a "
-                     "folder you can write to.") from None
-  try:
-    model = float32_model(config)
-    if export_format == "saved_model":
-      written = os.path.join(temporary, "saved_model")
-      exported = _saved_model(model, config, written)
-    else:
-      written = os.path.join(temporary, "model.tflite")
-      if quantize == "int8" and calibration is None:
-        calibration = calibration_set(config, calibration_images)
-      with open(written, "wb") as file:
-        file.write(tflite_file.convert(model, quantize, io, calibration))
-      runner = tflite_file.Runner(written)
-      exported = lambda encoded, images: [runner.probabilities(images)]
-    figures = _measure(model, exported, config, run)
-    name = export_format if quantize == "none" else f"{quantize} {export_format}"
-    drop = figures["keras_accuracy_test"] - figures["accuracy_test"]
-    if drop > max_accuracy_drop + 1e-9:
-      raise ValueError(
-          f"the {name} export's test accuracy is {figures['accuracy_test']:.4f} against the "
-          f"Keras model's {figures['keras_accuracy_test']:.4f} on {figures['test_images']} "
-          f"test images (drop {drop:.4f} > --max_accuracy_drop={max_accuracy_drop:g}): not "
-          "written; " + ("calibrate on more or more typical images (--calibration_images), "
-                         "or use --quantize=float16 or dynamic." if quantize == "int8" else
-                         "do not ship this model."))
-    difference = figures["max_probability_difference"]
-    if quantize == "none" and (not np.isfinite(difference) or difference > tolerance):
-      raise ValueError(f"the {export_format} export differs from the Keras model by "
-                       f"{difference:.2e} > --tolerance={tolerance:g}: not written; do not "
-                       "ship this model.")
-    latency = None
-    if latency_runs:
-      latency = {"runs": latency_runs, "all_threads": os.cpu_count(),
-                 "exported": (keras_latency.measure(written, config.image_size, latency_runs)
-                              if export_format == "saved_model" else tflite_file.latency_ms(
-                                  written, _latency_image(config.image_size), latency_runs)),
-                 "keras": keras_latency.measure(run_paths.RunPaths(model_dir).model,
-                                                config.image_size, latency_runs)}
-    report = {"path": out, "format": export_format, "quantize": quantize,
-              "io": io if export_format == "tflite" else None,
-              "bytes": export_report.bytes_of(written),
-              **figures, "accuracy_drop": drop, "max_accuracy_drop": max_accuracy_drop,
-              "latency_ms": latency,
-              "calibration_images": int(len(calibration)) if quantize == "int8" else None,
-              "model_dir": model_dir, "image_size": config.image_size, "resize": config.resize,
-              "dataset": config.dataset, "class_names": list(source.LABELS),
-              "content": export_report.content(written)}
-    report = export_report.place(written, out, report, _put_in_place)
-  except OSError as error:
-    if run_folder.is_disk_full(error):
-      raise run_folder.NoSpaceLeft(out) from None
-    raise ValueError(f"--out={out} cannot be written ({error.strerror or error}): choose a "
-                     "folder you can write to.") from None
-  finally:
-    shutil.rmtree(temporary, ignore_errors=True)
-  print(export_report.summary(report))
-  return report
+  return io, max_accuracy_drop
+
+
+def _written(model, config: config_lib.Config, export_format: str, quantize: str, io: str,
+             calibration, folder: str):
+  """(path, exported) of the export written in `folder`: `exported(encoded, images)`
+  gives its probabilities, one array per signature."""
+  if export_format == "saved_model":
+    written = os.path.join(folder, "saved_model")
+    return written, _saved_model(model, config, written)
+  written = os.path.join(folder, "model.tflite")
+  with open(written, "wb") as file:
+    file.write(tflite_file.convert(model, quantize, io, calibration))
+  runner = tflite_file.Runner(written)
+  return written, lambda encoded, images: [runner.probabilities(images)]
+
+
+def _check_guards(figures: dict, export_format: str, quantize: str, max_accuracy_drop: float,
+                  tolerance: float) -> float:
+  """The accuracy drop; one line, and nothing written, past a guard."""
+  name = export_format if quantize == "none" else f"{quantize} {export_format}"
+  drop = figures["keras_accuracy_test"] - figures["accuracy_test"]
+  if drop > max_accuracy_drop + 1e-9:
+    raise ValueError(
+        f"the {name} export's test accuracy is {figures['accuracy_test']:.4f} against the "
+        f"Keras model's {figures['keras_accuracy_test']:.4f} on {figures['test_images']} "
+        f"test images (drop {drop:.4f} > --max_accuracy_drop={max_accuracy_drop:g}): not "
+        "written; " + ("calibrate on more or more typical images (--calibration_images), "
+                       "or use --quantize=float16 or dynamic." if quantize == "int8" else
+                       "do not ship this model."))
+  difference = figures["max_probability_difference"]
+  if quantize == "none" and (not np.isfinite(difference) or difference > tolerance):
+    raise ValueError(f"the {export_format} export differs from the Keras model by "
+                     f"{difference:.2e} > --tolerance={tolerance:g}: not written; do not "
+                     "ship this model.")
+  return drop
+
+
+def _latency(written: str, export_format: str, config: config_lib.Config,
+             runs: int) -> Optional[dict]:
+  """Median ms per image of the export and of the run's model.keras; None when not timed."""
+  if not runs:
+    return None
+  return {"runs": runs, "all_threads": os.cpu_count(),
+          "exported": (keras_latency.measure(written, config.image_size, runs)
+                       if export_format == "saved_model" else tflite_file.latency_ms(
+                           written, _latency_image(config.image_size), runs)),
+          "keras": keras_latency.measure(run_paths.RunPaths(config.model_dir).model,
+                                         config.image_size, runs)}
 
 
 def _measure(model, exported, config: config_lib.Config, run: results.FinishedRun) -> dict:

@@ -15,6 +15,7 @@ non-zero if any failed.
 """
 
 import os
+from typing import Optional
 
 import keras
 import numpy as np
@@ -74,20 +75,51 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
     raise ValueError(f"--batch_size must be at least 1, got {batch_size}.")
   if (model_dir is None) == (model is None):
     raise ValueError("give either --model_dir=RUN (a run folder) or --model=FILE.tflite.")
-  if model is not None:
-    if explain_dir:
-      raise ValueError("--explain needs --model_dir: Grad-CAM needs the Keras model, which a "
-                       "TFLite file does not hold.")
-    report = export_report.tflite_report(model)
-    image_size, resize, dataset = report["image_size"], report["resize"], report["dataset"]
-  else:
-    config = settings_lib.load_finished(model_dir)
-    image_size, resize, dataset = config.image_size, config.resize, config.dataset
-  short_side = dataset_short_side(dataset)
+  if model is not None and explain_dir:
+    raise ValueError("--explain needs --model_dir: Grad-CAM needs the Keras model, which a "
+                     "TFLite file does not hold.")
+  image_size, resize, dataset = _input_of(model_dir, model)
   if explain_dir:
     _check_writable(explain_dir)
+  encoded, good, errors = _encoded(expand(paths), dataset_short_side(dataset))
+  if not good:
+    return [], errors
+  images = tf.data.Dataset.from_tensor_slices(encoded).map(
+      lambda data: input_pipeline.decode_and_resize(data, image_size, resize),
+      num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+  keras_model = None
+  if model is not None:
+    runner = tflite_file.Runner(model)
+    probabilities = np.concatenate([runner.probabilities(batch.numpy()) for batch in images])
+  else:
+    keras_model = keras.saving.load_model(run_paths.RunPaths(model_dir).model, safe_mode=True)
+    images = images.map(lambda batch: tf.cast(batch, tf.float32))
+    probabilities = keras_model.predict(images, verbose=0)
+  results = [{"path": path, "predictions": [
+      {"label": source.LABELS[index], "probability": float(row[index])}
+      for index in top_indices(row, top_k)]} for path, row in zip(good, probabilities)]
+  if explain_dir:
+    try:
+      _explain(keras_model, images, good, probabilities, explain_dir)
+    except OSError as error:
+      errors.append({"path": explain_dir, "error": "explanations not written: "
+                     f"{error.strerror or error}"})
+  return results, errors
+
+
+def _input_of(model_dir: Optional[str], model: Optional[str]) -> tuple[int, str, str]:
+  """(image size, resize mode, dataset) the run or the TFLite file's report gives."""
+  if model is not None:
+    report = export_report.tflite_report(model)
+    return report["image_size"], report["resize"], report["dataset"]
+  config = settings_lib.load_finished(model_dir)
+  return config.image_size, config.resize, config.dataset
+
+
+def _encoded(files: list[str], short_side) -> tuple[list[bytes], list[str], list[dict]]:
+  """(RGB JPEGs, their files, errors): each file as the dataset converts it, or why not."""
   encoded, good, errors = [], [], []
-  for path in expand(paths):
+  for path in files:
     try:
       with open(path, "rb") as file:
         data = file.read()
@@ -100,30 +132,7 @@ def predict(model_dir: str, paths, top_k: int = 3, batch_size: int = 32,
     else:
       encoded.append(jpeg)
       good.append(path)
-  results = []
-  if good:
-    dataset = tf.data.Dataset.from_tensor_slices(encoded).map(
-        lambda data: input_pipeline.decode_and_resize(data, image_size, resize),
-        num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-    if model is not None:
-      runner = tflite_file.Runner(model)
-      probabilities = np.concatenate([runner.probabilities(images.numpy())
-                                      for images in dataset])
-    else:
-      keras_model = keras.saving.load_model(run_paths.RunPaths(model_dir).model, safe_mode=True)
-      dataset = dataset.map(lambda images: tf.cast(images, tf.float32))
-      probabilities = keras_model.predict(dataset, verbose=0)
-    for path, row in zip(good, probabilities):
-      best = top_indices(row, top_k)
-      results.append({"path": path, "predictions": [
-          {"label": source.LABELS[index], "probability": float(row[index])} for index in best]})
-    if explain_dir:
-      try:
-        _explain(keras_model, dataset, good, probabilities, explain_dir)
-      except OSError as error:
-        errors.append({"path": explain_dir, "error": "explanations not written: "
-                       f"{error.strerror or error}"})
-  return results, errors
+  return encoded, good, errors
 
 
 def top_indices(probabilities: np.ndarray, top_k: int) -> list[int]:

@@ -161,31 +161,39 @@ def extract(extractor: keras.Model, records: tf.data.Dataset, *, folder: str, sp
   if problem:
     print(f"info: cached features of {split} in {folder} cannot be used ({problem}); "
           "extracting them again.", flush=True)
-  count = len(labels)
   paths = _paths(folder, split, len(shapes))
+  _write_arrays(paths.arrays, shapes, len(labels), lambda arrays: _predict_into(
+      arrays, extractor, records, split=split, batch_size=batch_size, image_size=image_size,
+      resize=resize))
+  run_folder.replace_with(paths.labels, lambda temporary: np.save(temporary, labels),
+                          suffix=".npy")
+  run_folder.write_json(paths.meta, {  # last: vouches for the other files
+      "count": len(labels), "shapes": [list(shape) for shape in shapes], "dtype": "float32",
+      "features_sha256": [run_folder.sha256_of(path) for path in paths.arrays],
+      "labels_sha256": run_folder.sha256_of(paths.labels),
+      run_paths.SETTINGS_KEY: settings_sha256, "split": split, "records_sha256": records_sha256})
+  return SplitFeatures([_in_memory(np.load(path, mmap_mode="r")) for path in paths.arrays],
+                       labels)
+
+
+def _write_arrays(destinations: list[str], shapes: list[tuple], count: int, fill):
+  """Memory-mapped float32 .npy files of `count` rows, filled by `fill(arrays)` under
+  temporary names and renamed into place only once whole (removed on any failure).
+
+  `run_folder.replace_with` writes one file from one call; these are filled
+  together, chunk by chunk, so they get the same rule here.
+  """
   image_bytes = sum(4 * int(np.prod(shape)) for shape in shapes)
-  chunk = max(1, CHUNK_BYTES // (image_bytes * batch_size)) * batch_size
-  temporaries = _temporaries(paths.arrays, count * image_bytes)
+  temporaries = _temporaries(destinations, count * image_bytes)
   try:
     arrays = [np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32,
                                         shape=(count, *shape))
               for temporary, shape in zip(temporaries, shapes)]
-    for start in range(0, count, chunk):
-      size = min(chunk, count - start)
-      plan = split_plan.EvalPlan(count=size, batch_size=batch_size)
-      batches = input_pipeline.eval_batches(records.skip(start).take(size), plan,
-                                            image_size=image_size, resize=resize)
-      predicted = extractor.predict(batches, verbose=0)
-      predicted = predicted if isinstance(predicted, (list, tuple)) else [predicted]
-      for array, values in zip(arrays, predicted):
-        if len(values) < size:
-          raise RuntimeError(f"feature extraction of {split} gave {len(values)} rows for "
-                             f"{size} records")
-        array[start:start + size] = values[:size]
+    fill(arrays)
     for array in arrays:
       array.flush()
     del arrays
-    for temporary, path in zip(temporaries, paths.arrays):
+    for temporary, path in zip(temporaries, destinations):
       os.chmod(temporary, run_folder.file_mode())
       os.replace(temporary, path)
   except BaseException as error:
@@ -193,17 +201,29 @@ def extract(extractor: keras.Model, records: tf.data.Dataset, *, folder: str, sp
       if os.path.exists(temporary):
         os.remove(temporary)
     if run_folder.is_disk_full(error):
-      raise run_folder.NoSpaceLeft(paths.arrays[0]) from None
+      raise run_folder.NoSpaceLeft(destinations[0]) from None
     raise
-  run_folder.replace_with(paths.labels, lambda temporary: np.save(temporary, labels),
-                          suffix=".npy")
-  run_folder.write_json(paths.meta, {  # last: vouches for the other files
-      "count": count, "shapes": [list(shape) for shape in shapes], "dtype": "float32",
-      "features_sha256": [run_folder.sha256_of(path) for path in paths.arrays],
-      "labels_sha256": run_folder.sha256_of(paths.labels),
-      run_paths.SETTINGS_KEY: settings_sha256, "split": split, "records_sha256": records_sha256})
-  return SplitFeatures([_in_memory(np.load(path, mmap_mode="r")) for path in paths.arrays],
-                       labels)
+
+
+def _predict_into(arrays: list, extractor: keras.Model, records: tf.data.Dataset, *,
+                  split: str, batch_size: int, image_size: int, resize: str):
+  """The extractor's outputs on `records`, written into `arrays` chunk by chunk (about
+  `CHUNK_BYTES` of output each), so a large split never sits in memory whole."""
+  count = len(arrays[0])
+  image_bytes = sum(4 * int(np.prod(array.shape[1:])) for array in arrays)
+  chunk = max(1, CHUNK_BYTES // (image_bytes * batch_size)) * batch_size
+  for start in range(0, count, chunk):
+    size = min(chunk, count - start)
+    plan = split_plan.EvalPlan(count=size, batch_size=batch_size)
+    batches = input_pipeline.eval_batches(records.skip(start).take(size), plan,
+                                          image_size=image_size, resize=resize)
+    predicted = extractor.predict(batches, verbose=0)
+    predicted = predicted if isinstance(predicted, (list, tuple)) else [predicted]
+    for array, values in zip(arrays, predicted):
+      if len(values) < size:
+        raise RuntimeError(f"feature extraction of {split} gave {len(values)} rows for "
+                           f"{size} records")
+      array[start:start + size] = values[:size]
 
 
 @dataclasses.dataclass(frozen=True)

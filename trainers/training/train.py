@@ -28,7 +28,6 @@ from trainers import config as config_lib
 from trainers.runs import settings as settings_lib
 from trainers.training import devices
 from trainers.training import feature_cache
-from trainers.evaluation import figures
 from trainers.data import input_pipeline
 from trainers.data import dataset as dataset_lib
 from trainers.data import records as records_lib
@@ -71,11 +70,7 @@ def train_and_evaluate(config: config_lib.Config, flagfile: Optional[str] = None
   """
   started = time.time()
   devices.split_cpu(config.virtual_devices)
-  keras.utils.set_random_seed(config.seed)
-  if config.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  precision = devices.resolve_precision(config.precision, config.strategy)
-  keras.mixed_precision.set_global_policy(precision)
+  precision = _set_up_process(config, config.strategy)
   role = devices.role(config.strategy)
   strategy = devices.make_strategy(config.strategy, config.tpu, config.cluster_timeout, role)
   keras_compat.fix_symbolic_build()
@@ -96,11 +91,59 @@ def train_and_evaluate(config: config_lib.Config, flagfile: Optional[str] = None
       raise
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """A run's model and streams, built as `train_and_evaluate` builds them, untrained."""
+
+  model: keras.Model
+  data: batches.WorkerBatches
+  precision: str
+
+
+def prepare(config: config_lib.Config) -> Prepared:
+  """The model and data of a run on this process's default device, for a tool that
+  trains them its own way (`tools.lr_find`). Seeds, determinism and the precision
+  policy are set as for a run; nothing is written to the run folder.
+
+  Raises:
+    ValueError: one line, as `train_and_evaluate` gives it, for a bad weights file
+      or a split plan that cannot be made.
+  """
+  precision = _set_up_process(config, "one_device")
+  weights = weights_lib.resolve(config.model, config.weights, config.image_size)
+  strategy = tf.distribute.get_strategy()
+  data = _worker_batches(config, strategy, devices.role("one_device"))
+  with strategy.scope():
+    model = build(config, weights)
+  return Prepared(model, data, precision)
+
+
+def _set_up_process(config: config_lib.Config, strategy: str) -> str:
+  """Seeds, op determinism and the precision policy, before anything is built;
+  returns the policy."""
+  keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  precision = devices.resolve_precision(config.precision, strategy)
+  keras.mixed_precision.set_global_policy(precision)
+  return precision
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """What every step of one process's run needs, decided once."""
+
+  config: config_lib.Config
+  role: devices.Role
+  data: batches.WorkerBatches
+  settings_sha256: str
+  paths: run_paths.RunPaths  # the run folder (the chief's)
+  writes_to: run_paths.RunPaths  # where this process writes: the run folder, or a scratch one
+
+
 def _train_and_evaluate(config: config_lib.Config, strategy, role: devices.Role, precision: str,
                         started: float, flagfile: Optional[str]) -> dict:
   """`train_and_evaluate` once the run folder is this process's."""
-  replicas = strategy.num_replicas_in_sync
-  paths = run_paths.RunPaths(config.model_dir)
   finished = results.finished(config.model_dir)
   if finished is not None:
     if role.is_chief:
@@ -111,59 +154,83 @@ def _train_and_evaluate(config: config_lib.Config, strategy, role: devices.Role,
   # Checked before any data is planned or model built: a bad file is one line.
   weights = weights_lib.resolve(config.model, config.weights, config.image_size)
   if role.is_chief:
-    settings_lib.check_resumable(config)
-    settings_lib.save(config)
-    if flagfile is not None:
-      run_folder.atomic_write(paths.flags, flagfile.encode())
-
+    _record_settings(config, flagfile)
   scratch = None if role.is_chief else tempfile.mkdtemp(prefix=f"animals10-worker{role.index}-")
   try:
-    dataset_builder = dataset_lib.builder(config.dataset, config.data_dir)
-    plan = split_plan.plan_of_run(config, dataset_builder, role.num_workers)
-    if config.exclude and role.is_chief:
-      print(f"--exclude: left out {plan.excluded['train']} train, "
-            f"{plan.excluded['validation']} validation and {plan.excluded['test']} test "
-            f"records of the {len(config.exclude)} listed (list SHA-256 "
-            f"{config.exclude_sha256[:12]}...)", flush=True)
-    data = batches.WorkerBatches(config, strategy, dataset_builder, plan)
-    with strategy.scope():
-      model = build(config, weights)
-    phases = [_Phase("train", config.epochs, config.learning_rate, 0)]
-    if config.fine_tune:
-      phases.append(_Phase("fine_tune", config.fine_tune_epochs,
-                           config.fine_tune_learning_rate, config.epochs))
-    clocks = {}
-    for phase in phases:
-      if phase.name == "fine_tune":
-        with strategy.scope():
-          models.unfreeze_top(model, config.fine_tune_layers)
-      clocks[phase.name] = _fit(model, phase, data, config, role, scratch or config.model_dir)
-    with strategy.scope():  # every worker: under multi-worker, compiling is collective
-      recipe_lib.compile_for_saving(model)
-    result = _evaluate(model, data, config, clocks, precision) if role.is_chief else None
-    if role.num_workers > 1:
-      steps = sum(clock["steps"] for clock in clocks.values())
-      print(f"{role.name} of {role.num_workers}: {steps} training steps of "
-            f"{data.worker_batch} images from its {data.plan.sharding} share of the train split",
-            flush=True)
-      devices.barrier(strategy)  # the others wait for the chief's evaluation
+    run = _Run(config, role, _worker_batches(config, strategy, role),
+               settings_lib.settings_sha256(config), run_paths.RunPaths(config.model_dir),
+               run_paths.RunPaths(scratch or config.model_dir))
+    result = _train_then_evaluate(run, weights, precision)
   except devices.PEER_ERRORS as error:
     if role.num_workers == 1:
       raise
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
-    detail = next((line for line in lines if any(
-        word in line.lower() for word in ("peer", "abort", "unhealthy", "closed"))), lines[0])
-    raise devices.PeerLostError(
-        f"{role.name} lost its cluster ({type(error).__name__}: {detail[:200]}): restart "
-        "every worker with the same command; training resumes from the last finished "
-        "epoch.") from None
+    raise _peer_lost(role, error) from None
   finally:
     if scratch:
       shutil.rmtree(scratch, ignore_errors=True)
   if result is not None:
-    print(f"{config.model} ({precision}, {replicas} replica(s), "
+    print(f"{config.model} ({precision}, {strategy.num_replicas_in_sync} replica(s), "
           f"{time.time() - started:.0f} s): {results.summary_row(result)} -> {config.model_dir}")
   return result
+
+
+def _record_settings(config: config_lib.Config, flagfile: Optional[str]):
+  """The chief checks the run folder's work so far is this config's, then records it."""
+  settings_lib.check_resumable(config)
+  settings_lib.save(config)
+  if flagfile is not None:
+    run_folder.atomic_write(run_paths.RunPaths(config.model_dir).flags, flagfile.encode())
+
+
+def _worker_batches(config: config_lib.Config, strategy,
+                    role: devices.Role) -> batches.WorkerBatches:
+  """The split plan of the run, and this worker's streams of it."""
+  dataset_builder = dataset_lib.builder(config.dataset, config.data_dir)
+  plan = split_plan.plan_of_run(config, dataset_builder, role.num_workers)
+  if config.exclude and role.is_chief:
+    print(f"--exclude: left out {plan.excluded['train']} train, "
+          f"{plan.excluded['validation']} validation and {plan.excluded['test']} test "
+          f"records of the {len(config.exclude)} listed (list SHA-256 "
+          f"{config.exclude_sha256[:12]}...)", flush=True)
+  return batches.WorkerBatches(config, strategy, dataset_builder, plan)
+
+
+def _train_then_evaluate(run: _Run, weights: Optional[str], precision: str) -> Optional[dict]:
+  """Every phase, then (the chief) the test split; None on the other workers."""
+  config, role, strategy = run.config, run.role, run.data.strategy
+  with strategy.scope():
+    model = build(config, weights)
+  phases = [_Phase("train", config.epochs, config.learning_rate, 0)]
+  if config.fine_tune:
+    phases.append(_Phase("fine_tune", config.fine_tune_epochs,
+                         config.fine_tune_learning_rate, config.epochs))
+  clocks = {}
+  for phase in phases:
+    if phase.name == "fine_tune":
+      with strategy.scope():
+        models.unfreeze_top(model, config.fine_tune_layers)
+    clocks[phase.name] = _fit(model, phase, run)
+  with strategy.scope():  # every worker: under multi-worker, compiling is collective
+    recipe_lib.compile_for_saving(model)
+  result = _evaluate(model, run, clocks, precision) if role.is_chief else None
+  if role.num_workers > 1:
+    steps = sum(clock["steps"] for clock in clocks.values())
+    print(f"{role.name} of {role.num_workers}: {steps} training steps of "
+          f"{run.data.worker_batch} images from its {run.data.plan.sharding} share of the "
+          "train split", flush=True)
+    devices.barrier(strategy)  # the others wait for the chief's evaluation
+  return result
+
+
+def _peer_lost(role: devices.Role, error: Exception) -> devices.PeerLostError:
+  """One line for a worker whose cluster went away: what happened, and what to do."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+  detail = next((line for line in lines if any(
+      word in line.lower() for word in ("peer", "abort", "unhealthy", "closed"))), lines[0])
+  return devices.PeerLostError(
+      f"{role.name} lost its cluster ({type(error).__name__}: {detail[:200]}): restart "
+      "every worker with the same command; training resumes from the last finished "
+      "epoch.")
 
 
 def build(config: config_lib.Config, weights: Optional[str]) -> keras.Model:
@@ -184,12 +251,9 @@ def build(config: config_lib.Config, weights: Optional[str]) -> keras.Model:
   return model
 
 
-def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
-         config: config_lib.Config, role: devices.Role, write_dir: str) -> dict:
+def _fit(model: keras.Model, phase: _Phase, run: _Run) -> dict:
   """Trains one phase, resuming from the run folder's backup; returns its clock.
 
-  `write_dir` is where this process writes: the run folder for the chief, a
-  scratch folder for the other workers (which restore from the chief's backup).
   When `feature_cache.reason_not_cached` allows, a transfer model's phase
   trains on cached activations (same batches, same optimizer, same callbacks,
   on the same layer objects): the frozen phase its head on the pooled
@@ -201,43 +265,19 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
     and images trained, summed over the processes that ran it (a resumed run
     adds its time to the time saved at the last finished epoch).
   """
-  paths, writes_to = run_paths.RunPaths(config.model_dir), run_paths.RunPaths(write_dir)
-  done_path = paths.done_weights(phase.name)
+  config, role, data = run.config, run.role, run.data
+  done_path = run.paths.done_weights(phase.name)
   if os.path.exists(done_path):  # finished before a kill in a later phase
     model.load_weights(done_path)
-    return callbacks_lib.PhaseClock.read(paths.clock(phase.name))
+    return callbacks_lib.PhaseClock.read(run.paths.clock(phase.name))
   started = time.time()
-  reason = feature_cache.reason_not_cached(
-      config, images_trained=phase.epochs * data.steps * config.batch_size,
-      train_images=data.counts["train"] // config.batch_size * config.batch_size)
-  if reason and models.REGISTRY[config.model].backbone is not None:
-    print(f"info: {phase.name} phase trains end to end, features not cached: {reason}.",
-          flush=True)
-  trainee, features = model, {}
-  if reason is None:
-    with data.strategy.scope():  # models remember the strategy they are made in
-      try:
-        extractor, trainee = (cutting.split_at_pool(model) if phase.name == "train" else
-                              cutting.split_at_cut(model, config.fine_tune_layers))
-      except cutting.CutError as error:
-        reason = str(error)
-        print(f"info: {phase.name} phase trains end to end, activations not cached: "
-              f"{reason}.", flush=True)
-  if reason is None:
-    features = _extract_features(extractor, data, config, role, writes_to.features(phase.name))
-  recipe = recipe_lib.of_phase(config, phase.learning_rate, phase.epochs, data.steps)
-  window = recipe_lib.ema_window(recipe)
-  if window and window > recipe.steps / 4 and role.is_chief:
-    print(f"info: --ema_momentum={config.ema_momentum} averages about {window:.0f} steps, more "
-          f"than a quarter of the {phase.name} phase's {recipe.steps}: its early weights weigh "
-          "in; a lower momentum suits a run this short.", flush=True)
-  with data.strategy.scope():
-    recipe_lib.compile_for_training(trainee, recipe)
+  trainee, features = _trainee(model, phase, run)
+  _compile(trainee, phase, run)
   resume = callbacks_lib.phase_callbacks(
-      trainee, paths=paths, writes_to=writes_to, phase=phase.name,
-      epoch_offset=phase.epoch_offset,
-      is_chief=role.is_chief, strategy=data.strategy, cached_features=bool(features),
-      settings_sha256=settings_lib.settings_sha256(config), images_per_step=config.batch_size,
+      trainee, paths=run.paths, writes_to=run.writes_to, phase=phase.name,
+      epoch_offset=phase.epoch_offset, is_chief=role.is_chief, strategy=data.strategy,
+      cached_features=bool(features), settings_sha256=run.settings_sha256,
+      images_per_step=config.batch_size,
       early_stopping_patience=config.early_stopping_patience, started=started)
   validation, validation_steps = data.validation(features.get("validation"))
   if resume.stopped_early and role.is_chief:
@@ -257,12 +297,49 @@ def _fit(model: keras.Model, phase: _Phase, data: batches.WorkerBatches,
                             expected_bytes=sum(weight.nbytes for weight in model.get_weights()))
   result = resume.clock.finish(resume.steps.count)
   if features:
-    feature_cache.remove(writes_to.features(phase.name))
+    feature_cache.remove(run.writes_to.features(phase.name))
   return result
 
 
-def _extract_features(extractor: keras.Model, data: batches.WorkerBatches,
-                      config: config_lib.Config, role: devices.Role, folder: str) -> dict:
+def _trainee(model: keras.Model, phase: _Phase, run: _Run) -> tuple[keras.Model, dict]:
+  """What `fit` trains in a phase, and its cached activations ({} when none).
+
+  The whole model, or (where the cache applies and the backbone can be cut) the
+  part above its frozen layers, with their activations extracted once.
+  """
+  config, data = run.config, run.data
+  reason = feature_cache.reason_not_cached(
+      config, images_trained=phase.epochs * data.steps * config.batch_size,
+      train_images=data.counts["train"] // config.batch_size * config.batch_size)
+  if reason and models.REGISTRY[config.model].backbone is not None:
+    print(f"info: {phase.name} phase trains end to end, features not cached: {reason}.",
+          flush=True)
+  if reason is not None:
+    return model, {}
+  with data.strategy.scope():  # models remember the strategy they are made in
+    try:
+      extractor, trainee = (cutting.split_at_pool(model) if phase.name == "train" else
+                            cutting.split_at_cut(model, config.fine_tune_layers))
+    except cutting.CutError as error:
+      print(f"info: {phase.name} phase trains end to end, activations not cached: "
+            f"{error}.", flush=True)
+      return model, {}
+  return trainee, _extract_features(extractor, run, run.writes_to.features(phase.name))
+
+
+def _compile(trainee: keras.Model, phase: _Phase, run: _Run):
+  """Compiles `trainee` with the phase's recipe, under the run's strategy."""
+  recipe = recipe_lib.of_phase(run.config, phase.learning_rate, phase.epochs, run.data.steps)
+  window = recipe_lib.ema_window(recipe)
+  if window and window > recipe.steps / 4 and run.role.is_chief:
+    print(f"info: --ema_momentum={run.config.ema_momentum} averages about {window:.0f} steps, "
+          f"more than a quarter of the {phase.name} phase's {recipe.steps}: its early "
+          "weights weigh in; a lower momentum suits a run this short.", flush=True)
+  with run.data.strategy.scope():
+    recipe_lib.compile_for_training(trainee, recipe)
+
+
+def _extract_features(extractor: keras.Model, run: _Run, folder: str) -> dict:
   """This worker's cached features of the train and validation splits.
 
   Single host: the extractor runs under the run's strategy (every replica) on
@@ -270,6 +347,7 @@ def _extract_features(extractor: keras.Model, data: batches.WorkerBatches,
   (the records its training and validation streams read) with a local copy of
   the extractor, so no worker waits for another.
   """
+  data = run.data
   input_context = data.input_context()
   if input_context is not None:
     extractor = feature_cache.local_copy(extractor)
@@ -279,19 +357,18 @@ def _extract_features(extractor: keras.Model, data: batches.WorkerBatches,
     records = data.records(split, input_context, shard_files=split == "train")
     features[split] = feature_cache.extract(
         extractor, records, folder=folder, split=split,
-        batch_size=data.worker_batch, image_size=config.image_size, resize=config.resize,
-        settings_sha256=settings_lib.settings_sha256(config))
+        batch_size=data.worker_batch, image_size=run.config.image_size,
+        resize=run.config.resize, settings_sha256=run.settings_sha256)
     images += len(features[split])
   seconds = time.time() - started
   cut = ", ".join(f"{tuple(output.shape[1:])}" for output in extractor.outputs)
-  print(f"{role.name if data.workers > 1 else 'train'}: backbone activations {cut} of "
+  print(f"{run.role.name if data.workers > 1 else 'train'}: backbone activations {cut} of "
         f"{images} images ready in {seconds:.1f} s; the layers above train on them.",
         flush=True)
   return features
 
 
-def _evaluate(model: keras.Model, data: batches.WorkerBatches, config: config_lib.Config,
-              clocks: dict, precision: str) -> dict:
+def _evaluate(model: keras.Model, run: _Run, clocks: dict, precision: str) -> dict:
   """Predicts the whole test split once and writes the run folder's results.
 
   The test batches are full and padded (see `split_plan.EvalPlan`), so any
@@ -299,6 +376,7 @@ def _evaluate(model: keras.Model, data: batches.WorkerBatches, config: config_li
   Under multi-worker, the chief predicts with a local copy of the model (from
   the model.keras it saves), so no collective op waits for the other workers.
   """
+  config, data = run.config, run.data
   model_path = results.save_model(config.model_dir, model)
   if data.workers > 1:
     model = keras.models.load_model(model_path)
@@ -306,25 +384,20 @@ def _evaluate(model: keras.Model, data: batches.WorkerBatches, config: config_li
   labels, names = records_lib.labels_and_names(test_records)
   plan = split_plan.EvalPlan(len(labels), config.batch_size)
   test_batches = input_pipeline.eval_batches(test_records, plan, image_size=config.image_size,
-                                        resize=config.resize)
+                                             resize=config.resize)
   probabilities = _predicted(model, test_batches, plan, len(labels))
   plain = None
   if config.tta:  # the original and its mirror image, averaged
     plain = probabilities
     probabilities = (plain + _predicted(model, test_batches.map(
         lambda images, *rest: (tf.reverse(images, axis=[2]), *rest)), plan, len(labels))) / 2
-  result = results.collect(config.model_dir, labels, probabilities, data.class_names, clocks,
-                           plain=plain)
-  result.update(results.identity(settings_lib.settings_sha256(config), data.builder, names))
+  evaluation = results.Evaluation(names, labels, probabilities, data.class_names, plain)
   # The policy the run trained and evaluated under (what --precision=auto picked):
   # results are bit-identical only within one policy on one kind of machine.
-  result["precision"] = precision
-  selected = figures.select_errors(labels, probabilities)
-  results.write(config.model_dir, result, names, labels, probabilities, data.class_names,
-                _decoded(data, config, [names[index] for index in selected]),
-                results.error_captions(selected, names, labels, probabilities,
-                                       data.class_names))
-  return result
+  return results.write_all(
+      config.model_dir, evaluation, clocks=clocks, precision=precision,
+      identity=results.identity(run.settings_sha256, data.builder, names),
+      decode=lambda chosen: _decoded(data, config, chosen))
 
 
 def _predicted(model: keras.Model, test_batches: tf.data.Dataset, plan: split_plan.EvalPlan,

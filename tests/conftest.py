@@ -14,6 +14,12 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 REAL = os.path.join(SHARED, "data", "real-photos")
 WEIGHTS_035 = os.path.join(
     SHARED, "weights", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5")
+# The study's own backbone: MobileNetV2 at width 1.0 (see ../shared/weights/README.md).
+WEIGHTS_100 = os.path.join(
+    SHARED, "weights", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
+needs_study_weights = pytest.mark.skipif(
+    not os.path.exists(WEIGHTS_100),
+    reason=f"no ImageNet weights at {WEIGHTS_100} (only the project's workplace has ../shared)")
 needs_real_photos = pytest.mark.skipif(
     not os.path.isdir(os.path.join(REAL, "raw-img")),
     reason=f"no real photos at {REAL} (only the project's workplace has ../shared)")

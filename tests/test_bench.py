@@ -25,15 +25,24 @@ def _run(module, *args):
 def test_bench_input_reports_every_loader(sample_dir, data_dir, tmp_path):
   out = tmp_path / "input.json"
   _run("tools.bench_input", f"--manual_dir={sample_dir}", f"--data_dir={data_dir}",
-       "--limit=128", "--batch_size=32", "--passes=1", f"--json={out}")
+       "--limit=128", "--batch_size=32", "--passes=2", "--threads=1", "--stages",
+       f"--json={out}")
   figures = json.loads(out.read_text())
   for key in ("seed_loader", "directory_loader", "decode_ceiling/160px", "decode_ceiling/full",
               "pipeline/160px", "pipeline/full", "pipeline_cached/160px",
-              "pipeline_cached/full"):
+              "pipeline_cached/full", "decode_ceiling/160px/1_threads", "pipeline/full/1_threads",
+              "stage/160px/read_parse", "stage/full/decode_shuffled_float"):
     assert figures[key] > 0, key
-  assert set(figures["ratios"]) == {"pipeline/directory_loader", "pipeline/seed_loader",
-                                    "pipeline/decode_ceiling", "pipeline_cached/directory_loader"}
+    spread = figures["spread"][key]
+    assert len(spread["passes"]) == 2 and spread["min"] <= figures[key] <= spread["max"], key
+  assert set(figures["ratios"]) == {
+      "pipeline/decode_ceiling/160px", "pipeline/decode_ceiling/full",
+      "pipeline/directory_loader/160px", "pipeline/directory_loader/full",
+      "pipeline/seed_loader", "pipeline_cached/directory_loader"}
   assert all(value > 0 for value in figures["ratios"].values())
+  assert figures["per_core"]["pipeline/160px/1_threads"] == figures["pipeline/160px/1_threads"]
+  assert figures["machine"]["cores"] >= 1 and "avx512_bf16" in figures["machine"]["cpu_flags"]
+  assert figures["machine"]["precision"] in ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @pytest.mark.slow
@@ -49,6 +58,7 @@ def test_bench_train_reports_throughput_stall_and_memory(data_dir, tmp_path):
   assert figures["epoch_rss/0"]["peak_rss_mib"] > 100
   assert figures["epoch_rss/1"]["train_images"] == figures["epoch_rss/0"]["train_images"]
   assert figures["rss_ratio_large_vs_small"] > 0
+  assert figures["machine"]["cores"] >= 1 and "amx_bf16" in figures["machine"]["cpu_flags"]
 
 
 @pytest.mark.slow
@@ -119,3 +129,17 @@ def test_the_cut_splits_the_multiply_adds_of_a_transfer_model():
   assert (bench_train.multiply_adds(bottom) + bench_train.multiply_adds(top)
           == bench_train.multiply_adds(model))
   assert bench_train.multiply_adds(top) > 0
+
+
+@pytest.mark.slow  # four TFLite conversions of a small cnn2: about a minute
+def test_bench_export_writes_its_rows_and_the_machine(run_dir, tmp_path):
+  out = tmp_path / "export.json"
+  result = _run("tools.bench_export", f"--model_dir={run_dir}", "--calibration_images=8",
+                "--runs=2", f"--json={out}")
+  written = json.loads(out.read_text())
+  assert [row["format"] for row in written["rows"]] == [
+      "Keras (model.keras)", "TFLite float32", "TFLite float16", "TFLite dynamic",
+      "TFLite int8"]
+  assert all(row["latency_ms"]["1_thread"] > 0 for row in written["rows"])
+  assert written["machine"]["precision"] == "float32" and written["machine"]["cores"] >= 1
+  assert "machine: " in result.stdout

@@ -50,7 +50,8 @@ def runs(data_dir, tmp_path_factory):
   for replicas in sorted({replicas for _, replicas, _ in CASES.values()}):
     cases = {name: case for name, case in CASES.items() if case[1] == replicas}
     _child(f"""
-        from trainers import config, train
+        from trainers import config
+        from trainers.training import train
         for name, (model, replicas, batch) in {cases!r}.items():
           # mnv2 trains a whole epoch (its head on cached features), then fine-tunes
           # one step, with class weights
@@ -119,7 +120,8 @@ def test_keras_builds_from_one_replica_batch_not_a_cross_replica_mean():
   `keras_compat.fix_symbolic_build` builds from the first replica's batch."""
   output = _child("""
       import numpy as np, tensorflow as tf, keras
-      from trainers.training import devices, keras_compat
+      from trainers.modeling import keras_compat
+      from trainers.training import devices
       devices.split_cpu(2)
       keras_compat.fix_symbolic_build()
       strategy = devices.make_strategy("mirrored")

@@ -102,6 +102,14 @@ def test_overrides_after_the_flagfile_reach_every_run_and_its_config(trainer_fla
   assert config.overrides == tuple(overrides)
 
 
+def test_weights_per_model_go_to_the_experiments_of_that_model():
+  weights = "mnv2=a.h5,mnv2_035=b.h5"
+  assert "--weights=a.h5" in reproduce.command("mnv2_fine_tune", 0, None, "RUN", weights=weights)
+  assert "--weights=b.h5" in reproduce.command("mnv2_035", 0, None, "RUN", weights=weights)
+  assert not any(arg.startswith("--weights=") and arg != "--weights=imagenet"
+                 for arg in reproduce.command("enb3", 0, None, "RUN", weights=weights))
+
+
 def test_weights_override_skips_the_cnns():
   assert "--weights=w.h5" in reproduce.command("mnv2_035", 0, None, "RUN", weights="w.h5")
   assert not any(arg.startswith("--weights")

@@ -20,6 +20,7 @@ from conftest import needs_real_photos
 from conftest import REAL
 from conftest import WEIGHTS_035
 from trainers import config as config_lib
+import trainer_runs
 from trainers.serving import export
 from trainers.data import input_pipeline
 from trainers.data import dataset as dataset_lib
@@ -43,12 +44,7 @@ def runs(real_data_dir, tmp_path_factory):
   root = tmp_path_factory.mktemp("transfer_real")
   variants = {"frozen": {}, "fine_tune": dict(fine_tune=True, fine_tune_epochs=5),
               "none": dict(weights="none")}
-  done = {}
-  for name, overrides in variants.items():
-    folder = root / name
-    done[name] = (folder, train.train_and_evaluate(config_lib.Config(
-        model_dir=str(folder), data_dir=str(real_data_dir), **{**SETTINGS, **overrides})))
-  return done
+  return trainer_runs.train_variants(root, real_data_dir, SETTINGS, variants)
 
 
 def test_imagenet_weights_and_their_preprocessing_do_the_work(runs):

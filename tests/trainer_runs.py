@@ -32,3 +32,15 @@ CLOCK_KEYS = ("train_seconds", "phases")
 def without_clock(metrics: dict) -> dict:
   """metrics.json without its wall-clock fields (to compare two runs)."""
   return {key: value for key, value in metrics.items() if key not in CLOCK_KEYS}
+
+
+def train_variants(root, data_dir, settings: dict, variants: dict) -> dict:
+  """{name: (run folder, metrics)}: one run of `settings` per variant's overrides."""
+  from trainers import config as config_lib  # pylint: disable=g-import-not-at-top
+  from trainers.training import train  # pylint: disable=g-import-not-at-top
+  done = {}
+  for name, overrides in variants.items():
+    folder = root / name
+    done[name] = (folder, train.train_and_evaluate(config_lib.Config(
+        model_dir=str(folder), data_dir=str(data_dir), **{**settings, **overrides})))
+  return done

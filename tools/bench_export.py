@@ -67,12 +67,16 @@ def main(argv):
   cli.quiet_logs()
   if _FLAGS.runs < 1:
     raise app.UsageError(f"--runs must be at least 1, got {_FLAGS.runs}.")
+  from trainers.training import devices  # pylint: disable=g-import-not-at-top
   rows = measure(_FLAGS.model_dir, _FLAGS.calibration_images, _FLAGS.runs)
-  print(f"\n{_FLAGS.model_dir}: {os.cpu_count()} CPUs; int8 calibrated on "
-        f"{rows[-1]['calibration_images']} train images; median of {_FLAGS.runs} calls")
+  # Exports start from a float32 copy of the run's model, whatever it trained in.
+  machine = devices.machine("float32")
+  print(f"\n{devices.machine_line(machine)}")
+  print(f"{_FLAGS.model_dir}: int8 calibrated on {rows[-1]['calibration_images']} train "
+        f"images; median of {_FLAGS.runs} calls")
   print(table(rows, os.cpu_count()))
   if _FLAGS.json:
-    run_folder.write_json(_FLAGS.json, rows)
+    run_folder.write_json(_FLAGS.json, {"machine": machine, "rows": rows})
 
 
 def _define_flags():

@@ -2,7 +2,10 @@ r"""Input throughput, side by side on the same images: ours against what users p
 
     python -m tools.bench_input --manual_dir=work/manual --data_dir=work/tensorflow_datasets
 
-Images/second at the same output size, after a warm-up, median of `--passes`:
+Images/second at the same output size. Every contender is warmed up once, then
+timed pass by pass in turn (A B C A B C ...), so a change of load on a shared
+machine falls on all of them alike; each figure is the median of `--passes`,
+with its spread (min, max) beside it:
   seed_loader       keras.utils.load_img(target_size) + img_to_array in a loop (the study)
   directory_loader  keras.utils.image_dataset_from_directory on the raw folders
   decode_ceiling    decode + resize of record bytes already in memory (per config)
@@ -10,37 +13,57 @@ Images/second at the same output size, after a warm-up, median of `--passes`:
                     train split, shuffle-buffer fill included (per config)
   pipeline_cached   the same, an epoch after its cache was filled (per config)
 The loaders and the ceiling read --limit images; the pipeline a whole epoch.
+
+`--threads=1,2` also times the ceiling and the pipeline of every config with
+tf.data's private thread pool of that size (and one thread inside each op), and
+reports images/second per core: what one host core feeds. `--stages` also times the pipeline cut after each of its stages. The machine (CPU,
+its AVX-512/AVX512_BF16/AMX flags, cores, TensorFlow, the policy
+--precision=auto picks here) is printed and written with the figures.
 """
 
 import os
 import statistics
+import sys
 import time
 
 from absl import app
 from absl import flags
 
-from trainers.runs import run_folder  # pylint: disable=g-import-not-at-top
+import numpy as np
+
 # TensorFlow, Keras and the trainer are imported inside the functions that time
 # them: each loader is measured from a cold start of what it uses, and a flag
 # error answers before TensorFlow's seconds of start-up.
-import numpy as np
+from trainers.runs import run_folder  # plain Python: no TensorFlow
 
 _FLAGS = flags.FLAGS
 
 
-def _rate(run, passes):
-  """Median images/second of `passes` timed runs of `run` after one warm-up.
+def _timed(contenders: dict, passes: int) -> dict:
+  """{name: images/second of each pass} of `contenders` ({name: run}), alternated.
 
-  `run` returns how many images it really produced: a loader that drops
-  unreadable files (or whole batches) is not credited with them.
+  Each `run` returns how many images it really produced (a loader that drops
+  unreadable files, or whole batches, is not credited with them). All are
+  warmed up once, then timed in turn, pass after pass.
   """
-  run()
-  rates = []
+  for run in contenders.values():
+    run()
+  rates = {name: [] for name in contenders}
   for _ in range(passes):
-    start = time.perf_counter()
-    count = run()
-    rates.append(count / (time.perf_counter() - start))
-  return statistics.median(rates)
+    for name, run in contenders.items():
+      start = time.perf_counter()
+      count = run()
+      rates[name].append(count / (time.perf_counter() - start))
+  return rates
+
+
+def _threaded(dataset, threads: int):
+  """`dataset` on a private tf.data pool of `threads` threads, one thread per op."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = threads
+  options.threading.max_intra_op_parallelism = 1
+  return dataset.with_options(options)
 
 
 def _count(dataset) -> int:
@@ -96,7 +119,7 @@ def _split(config, data_dir):
   return input_pipeline, builder, records_lib.records(builder, "train")
 
 
-def decode_ceiling(config, data_dir, image_size, batch_size, limit):
+def decode_ceiling(config, data_dir, image_size, batch_size, limit, threads=0):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
   every = max(1, builder.info.splits["train"].num_examples // limit)  # spread over the split
@@ -105,11 +128,12 @@ def decode_ceiling(config, data_dir, image_size, batch_size, limit):
   dataset = in_memory.map(
       lambda data: input_pipeline.decode_and_resize(data, image_size, "crop"),
       num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
+  if threads:
+    dataset = _threaded(dataset, threads)
   return lambda: _count(dataset)
 
 
-def pipeline(config, data_dir, image_size, batch_size, cached):
+def pipeline(config, data_dir, image_size, batch_size, cached, threads=0):
   """The trainer's pipeline over one whole epoch of the train split."""
   from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
@@ -118,6 +142,8 @@ def pipeline(config, data_dir, image_size, batch_size, cached):
       batch_size=batch_size, steps_per_epoch=steps, epochs=1,
       image_size=image_size, cache_decoded=cached,
       record_bytes=records_lib.mean_record_bytes(builder)))
+  if threads:
+    dataset = _threaded(dataset, threads)
 
   def run():
     return _count(dataset)
@@ -126,29 +152,80 @@ def pipeline(config, data_dir, image_size, batch_size, cached):
   return run
 
 
+def stages(config, data_dir, image_size, batch_size) -> dict:
+  """{name: run} of the pipeline's first epoch cut after each stage, to see where its
+  time goes: reading and parsing alone, then decoding in record order (no shuffle,
+  uint8), then shuffled, then cast to float32 as the pipeline hands batches to the
+  model (the whole pipeline is `pipeline/<config>`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  input_pipeline, builder, records = _split(config, data_dir)
+  stream = input_pipeline.TrainingStream(
+      batch_size=batch_size, steps_per_epoch=1, epochs=1, image_size=image_size,
+      record_bytes=records_lib.mean_record_bytes(builder))
+  shuffled = records.shuffle(stream.shuffle_buffer(), seed=0)
+
+  def decoded(dataset):
+    return _unordered(dataset.map(
+        lambda record: input_pipeline.decode_and_resize(record["image"], image_size, "crop"),
+        num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size))
+  as_float = decoded(shuffled).map(lambda batch: tf.cast(batch, tf.float32),
+                                   num_parallel_calls=tf.data.AUTOTUNE)
+  chosen = {"read_parse": records.map(lambda record: record["image"]).batch(batch_size),
+            "decode_in_order": decoded(records), "decode_shuffled": decoded(shuffled),
+            "decode_shuffled_float": as_float}
+  return {f"stage/{config}/{name}": (lambda dataset=dataset: _count(
+      dataset.prefetch(tf.data.AUTOTUNE))) for name, dataset in chosen.items()}
+
+
+def _unordered(dataset):
+  """Parallel stages free to hand out elements as they finish (the pipeline's default)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  options = tf.data.Options()
+  options.deterministic = False
+  return dataset.with_options(options)
+
+
 def measure(manual_dir, data_dir, image_size=100, batch_size=64, limit=2048, passes=3,
-            configs=("160px", "full")) -> dict:
-  """All figures of the benchmark, images/second, plus the target ratios."""
+            configs=("160px", "full"), threads=(), with_stages=False) -> dict:
+  """Every figure of the benchmark (median images/second), their spread, the target
+  ratios, the per-core figures, and the machine."""
+  from trainers.training import devices  # pylint: disable=g-import-not-at-top
   files = _raw_files(manual_dir, min(limit, 512))  # the slow loop gets fewer files
-  results = {"seed_loader": _rate(seed_loader(files, image_size), passes)}
-  results["directory_loader"] = _rate(
-      directory_loader(manual_dir, image_size, batch_size, limit), passes)
+  contenders = {"seed_loader": seed_loader(files, image_size),
+                "directory_loader": directory_loader(manual_dir, image_size, batch_size, limit)}
   for config in configs:
-    results[f"decode_ceiling/{config}"] = _rate(
-        decode_ceiling(config, data_dir, image_size, batch_size, limit), passes)
-    for cached in (False, True):
-      key = "pipeline_cached" if cached else "pipeline"
-      results[f"{key}/{config}"] = _rate(
-          pipeline(config, data_dir, image_size, batch_size, cached), passes)
-  main_config = configs[0]
-  results["ratios"] = {
-      "pipeline/directory_loader": results[f"pipeline/{main_config}"] / results["directory_loader"],
-      "pipeline/seed_loader": results[f"pipeline/{main_config}"] / results["seed_loader"],
-      "pipeline/decode_ceiling": (results[f"pipeline/{main_config}"]
-                                  / results[f"decode_ceiling/{main_config}"]),
-      "pipeline_cached/directory_loader": (results[f"pipeline_cached/{main_config}"]
-                                           / results["directory_loader"]),
-  }
+    contenders[f"decode_ceiling/{config}"] = decode_ceiling(config, data_dir, image_size,
+                                                            batch_size, limit)
+    contenders[f"pipeline/{config}"] = pipeline(config, data_dir, image_size, batch_size, False)
+    contenders[f"pipeline_cached/{config}"] = pipeline(config, data_dir, image_size,
+                                                       batch_size, True)
+    if with_stages:
+      contenders.update(stages(config, data_dir, image_size, batch_size))
+    for count in threads:
+      contenders[f"decode_ceiling/{config}/{count}_threads"] = decode_ceiling(
+          config, data_dir, image_size, batch_size, limit, threads=count)
+      contenders[f"pipeline/{config}/{count}_threads"] = pipeline(
+          config, data_dir, image_size, batch_size, False, threads=count)
+  rates = _timed(contenders, passes)
+  results = {name: statistics.median(values) for name, values in rates.items()}
+  results["spread"] = {name: {"min": min(values), "max": max(values), "passes": values}
+                       for name, values in rates.items()}
+  ratios = {}
+  for config in configs:
+    ratios[f"pipeline/decode_ceiling/{config}"] = (results[f"pipeline/{config}"]
+                                                   / results[f"decode_ceiling/{config}"])
+    ratios[f"pipeline/directory_loader/{config}"] = (results[f"pipeline/{config}"]
+                                                     / results["directory_loader"])
+  ratios["pipeline/seed_loader"] = results[f"pipeline/{configs[0]}"] / results["seed_loader"]
+  ratios["pipeline_cached/directory_loader"] = (results[f"pipeline_cached/{configs[0]}"]
+                                                / results["directory_loader"])
+  results["ratios"] = ratios
+  results["per_core"] = {f"{kind}/{config}/{count}_threads": results[
+      f"{kind}/{config}/{count}_threads"] / count
+                         for config in configs for count in threads
+                         for kind in ("decode_ceiling", "pipeline")}
+  results["machine"] = devices.machine(devices.resolve_precision("auto", "auto"))
   return results
 
 
@@ -160,19 +237,36 @@ def _define_flags():
   flags.DEFINE_integer("limit", 2048, "Images per pass.")
   flags.DEFINE_integer("passes", 3, "Timed passes (median).")
   flags.DEFINE_list("configs", ["160px", "full"], "Dataset configs to measure.")
+  flags.DEFINE_list("threads", [], "Also time the ceiling and the pipeline on tf.data pools "
+                    "of these sizes (e.g. 1,2) and report images/second per core.")
+  flags.DEFINE_bool("stages", False, "Also time the pipeline cut after each stage (read and "
+                    "parse, decode, shuffle, float cast): where its time goes.")
   flags.DEFINE_string("json", None, "Write the figures here.")
 
 
 def main(argv):
-  del argv
+  from trainers import cli  # pylint: disable=g-import-not-at-top
+  cli.no_arguments(argv)
+  cli.quiet_logs()
+  try:
+    threads = tuple(int(count) for count in _FLAGS.threads)
+  except ValueError:
+    threads = (0,)
+  if any(count < 1 for count in threads):
+    sys.exit(f"bench_input: --threads takes thread counts of 1 or more, got "
+             f"{','.join(_FLAGS.threads)}.")
   results = measure(_FLAGS.manual_dir, _FLAGS.data_dir, _FLAGS.image_size,
-                    _FLAGS.batch_size, _FLAGS.limit, _FLAGS.passes, tuple(_FLAGS.configs))
-  print(f"{'loader':32s} {'images/s':>10s}")
-  for key, value in results.items():
-    if key != "ratios":
-      print(f"{key:32s} {value:10.0f}")
+                    _FLAGS.batch_size, _FLAGS.limit, _FLAGS.passes, tuple(_FLAGS.configs),
+                    threads, _FLAGS.stages)
+  from trainers.training import devices  # pylint: disable=g-import-not-at-top
+  print(devices.machine_line(results["machine"]) + " (the policy --precision=auto picks)")
+  print(f"{'loader':36s} {'images/s':>10s}   spread of {_FLAGS.passes} alternated passes")
+  for key, spread in results["spread"].items():
+    print(f"{key:36s} {results[key]:10.0f}   {spread['min']:.0f}-{spread['max']:.0f}")
   for key, value in results["ratios"].items():
-    print(f"{key:32s} {value:10.2f}x")
+    print(f"{key:36s} {value:10.2f}x")
+  for key, value in results["per_core"].items():
+    print(f"{key + ' per core':36s} {value:10.0f}")
   if _FLAGS.json:
     run_folder.write_json(_FLAGS.json, results)
 

@@ -331,10 +331,10 @@ def main(argv):
   if _FLAGS.model:
     from trainers.modeling import cutting  # pylint: disable=g-import-not-at-top
     from trainers.modeling import models  # pylint: disable=g-import-not-at-top
-    transfer = sorted(name for name, spec in models.REGISTRY.items() if spec.backbone)
-    if _FLAGS.model not in transfer:
+    transfer_models = sorted(name for name, spec in models.REGISTRY.items() if spec.backbone)
+    if _FLAGS.model not in transfer_models:
       sys.exit(f"bench_train: --model={_FLAGS.model} is not a transfer model of the registry; "
-               f"choose one of {', '.join(transfer)}.")
+               f"choose one of {', '.join(transfer_models)}.")
     try:
       results = transfer(_FLAGS.data_dir, _FLAGS.model, _FLAGS.image_size, _FLAGS.batch_size,
                          _FLAGS.steps, _FLAGS.passes, fine_tune=_FLAGS.fine_tune,
@@ -350,8 +350,13 @@ def main(argv):
     results = measure(_FLAGS.data_dir, tuple(_FLAGS.rss_data_dirs), _FLAGS.steps,
                       _FLAGS.passes, _FLAGS.image_size, _FLAGS.batch_size, _FLAGS.cnn,
                       _FLAGS.precisions)
+  from trainers.training import devices  # pylint: disable=g-import-not-at-top
+  # Each figure's key names its policy; the machine's entry names what auto picks.
+  results["machine"] = devices.machine(devices.resolve_precision("auto", "auto"))
+  print(devices.machine_line(results["machine"]) + " (the policy --precision=auto picks)")
   for key, value in results.items():
-    print(f"{key:32s} {value if isinstance(value, (str, dict, list)) else f'{value:.2f}'}")
+    if key != "machine":
+      print(f"{key:32s} {value if isinstance(value, (str, dict, list)) else f'{value:.2f}'}")
   if _FLAGS.json:
     run_folder.write_json(_FLAGS.json, results)
 

@@ -26,3 +26,5 @@ else
 fi
 python -m tools.reproduce --experiments=model_01,mnv2_035 --seeds=0,1 --weights="$weights" \
   --data_dir="$work/tensorflow_datasets" --out="$out" -- --epochs=4 --early_stopping_patience=0
+# The whole study as one page (tools.report), to open in a browser or send on.
+echo "report: $out/report.html"

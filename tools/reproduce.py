@@ -16,6 +16,8 @@ study's settings do not fit; e.g. on a set where some classes are all PNG:
     python -m tools.reproduce ... -- --keep_formats= --keep_modes= --balance=class_weight
 
 Each run records them in its config.json (`overrides`) besides their effect.
+At the end the comparison goes to OUT/comparison/ (`tools.compare`) and the whole
+study to one page, OUT/report.html (`tools.report`).
 Flags that name the run (--flagfile, --model_dir, --seed, --data_dir) are refused
 after `--`, as is any flag the trainer does not take, before anything trains.
 """
@@ -23,15 +25,19 @@ after `--`, as is any flag the trainer does not take, before anything trains.
 import os
 import subprocess
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
 
 from tools import compare
+from tools import report
 from trainers.runs import run_lock
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "trainers", "experiments")
+# What tools.report writes at the end of every study, in --out.
+REPORT = "report.html"
 QUICK = ("--epochs=2", "--steps_per_epoch=3", "--fine_tune_epochs=1",
          "--early_stopping_patience=0", "--warmup_epochs=0")  # no warm-up: 2 epochs are short
 
@@ -73,12 +79,25 @@ def command(experiment, seed, data_dir, run_dir, quick=False, weights=None,
     args.append(f"--data_dir={data_dir}")
   if quick:
     args += list(QUICK)
-  if weights and _sets_weights(experiment):  # the CNNs have no pretrained weights
-    args.append(f"--weights={weights}")
+  chosen = _weights_for(experiment, weights)
+  if chosen and _sets_weights(experiment):  # the CNNs have no pretrained weights
+    args.append(f"--weights={chosen}")
   if not cache_features:
     args.append("--nocache_features")
   args += list(overrides) + [f"--override={flag}" for flag in overrides]
   return args
+
+
+def _weights_for(experiment: str, weights: Optional[str]) -> Optional[str]:
+  """The --weights of one experiment: `weights`, or, for `MODEL=PATH,...`, the path given
+  for the experiment's model (None when none is: its flagfile's stays)."""
+  if not weights or "=" not in weights:
+    return weights
+  chosen = dict(pair.split("=", 1) for pair in weights.split(","))
+  with open(os.path.join(EXPERIMENTS_DIR, experiment + ".flags")) as file:
+    model = next((line.strip()[len("--model="):] for line in file
+                  if line.startswith("--model=")), None)
+  return chosen.get(model)
 
 
 def _sets_weights(experiment: str) -> bool:
@@ -146,7 +165,9 @@ def _define_flags():
   flags.DEFINE_string("data_dir", None, "TFDS data_dir with animals10_tfds built.")
   flags.DEFINE_string("out", "runs", "Folder for the run folders.")
   flags.DEFINE_bool("quick", False, "Smoke run: 2 epochs of 3 steps.")
-  flags.DEFINE_string("weights", None, "Override the backbones' weights (e.g. none offline).")
+  flags.DEFINE_string("weights", None, "Override the backbones' weights: none, imagenet or "
+                      "a file for every transfer experiment, or MODEL=FILE,... per model "
+                      "(e.g. mnv2=A.h5,mnv2_035=B.h5).")
   flags.DEFINE_bool("cache_features", True, "Pass --nocache_features to every run when false "
                     "(to time the frozen phase without cached features).")
   # A path, as tools.compare takes it: the package's own folder is site-packages in a
@@ -165,6 +186,9 @@ def main(argv):
                            overrides)
     print(compare.compare(run_dirs, os.path.join(_FLAGS.out, compare.COMPARISON_DIR),
                           _FLAGS.append_workspace), end="")
+    page = os.path.join(_FLAGS.out, REPORT)
+    size = report.write(_FLAGS.out, page)
+    print(f"report: {page} ({size / 1e6:.1f} MB)")
   except ValueError as error:
     sys.exit(f"reproduce: {error}")
 

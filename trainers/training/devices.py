@@ -129,6 +129,38 @@ def hardware(strategy: str) -> Hardware:
                   tpu=strategy == "tpu")
 
 
+# The CPU features that decide a figure here: AVX-512 (oneDNN's wide kernels),
+# AVX512_BF16 and AMX (bf16 arithmetic: what --precision=auto picks by).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile")
+
+
+def machine(precision: Optional[str] = None) -> dict:
+  """The machine a figure is measured on, for a benchmark's JSON and printout.
+
+  Args:
+    precision: the policy the figure ran under (None where no model runs).
+  """
+  info = _cpuinfo()
+  model = next((line.partition(":")[2].strip() for line in info.splitlines()
+                if line.startswith("model name")), "unknown")
+  flags = cpu_flags(info)
+  return {"cpu": model,
+          "cpu_flags": {name: name in flags for name in SPEED_FLAGS},
+          "cores": len(os.sched_getaffinity(0)),
+          "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
+          "tensorflow": tf.__version__,
+          "precision": precision}
+
+
+def machine_line(described: dict) -> str:
+  """`machine(...)` in one line: CPU, its speed flags present, cores, TensorFlow, policy."""
+  flags = ",".join(name for name, present in described["cpu_flags"].items() if present)
+  gpus = f", {len(described['gpus'])} GPU" if described["gpus"] else ""
+  precision = f", {described['precision']}" if described["precision"] else ""
+  return (f"machine: {described['cpu']} [{flags or 'no AVX2'}], {described['cores']} cores"
+          f"{gpus}, TensorFlow {described['tensorflow']}{precision}")
+
+
 def cpu_has_bf16(flags: Optional[frozenset] = None) -> bool:
   """Whether the CPU (default: this one) has bfloat16 arithmetic (AVX512_BF16 or AMX)."""
   flags = cpu_flags(_cpuinfo()) if flags is None else flags

@@ -278,8 +278,7 @@ def compare(run_dirs, out=None, append_workspace=None) -> str:
   if out:
     try:
       os.makedirs(out, exist_ok=True)
-      with open(os.path.join(out, "comparison.md"), "w") as file:
-        file.write(table)
+      run_folder.atomic_write(os.path.join(out, "comparison.md"), table.encode())
       write_csv(rows, os.path.join(out, "comparison.csv"))
       charts(rows, experiments, out)
     except OSError as error:

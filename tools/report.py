@@ -382,8 +382,9 @@ def _define_flags():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  from trainers import cli  # pylint: disable=g-import-not-at-top
+  cli.no_arguments(argv)
+  cli.quiet_logs()
   try:
     size = write(_FLAGS.runs, _FLAGS.out, _FLAGS.eda, _FLAGS.audit)
   except ValueError as error:

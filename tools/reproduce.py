@@ -32,6 +32,7 @@ from absl import flags
 
 from tools import compare
 from tools import report
+from trainers import cli
 from trainers.runs import run_lock
 
 EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -178,6 +179,7 @@ def _define_flags():
 
 def main(argv):
   overrides = argv[1:]  # what followed `--`
+  cli.quiet_logs()  # the report's TFDS lines ("Load dataset info ...") are not the user's
   try:
     seeds = [int(seed) for seed in _FLAGS.seeds]
     with run_lock.hold(_FLAGS.out, "tools.reproduce"):  # one reproduction per folder

@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from tools import compare
+from trainers import experiments as experiments_lib
 from trainers.evaluation import figures
 from trainers.evaluation import metrics as metrics_lib
 from trainers.runs import run_folder
@@ -49,9 +50,6 @@ _FLAGS = flags.FLAGS
 # The study's rows, in its order (trainers/experiments/<name>.flags).
 STUDY = ("model_01", "model_02", "model_03", "model_04", "mnv2", "mnv2_fine_tune", "enb3",
          "dn121")
-# The study's flagfiles.
-EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "trainers", "experiments")
 # Longest side of an embedded picture: errors.png and the sheets are large.
 MAX_SIDE = 900
 STYLE = """
@@ -98,14 +96,13 @@ def _table(header: list, rows: list, row_class: dict = None) -> str:
   return "\n".join(lines + ["</table>"])
 
 
-def _mean_std(values: list, digits: int) -> str:
-  if not values:
+def _mean_std(row: dict, column: str, digits: int) -> str:
+  """`compare.summarize`'s mean ± std of a column (the mean alone for one seed)."""
+  if math.isnan(row[column]):
     return ""
-  mean = sum(values) / len(values)
-  if len(values) < 2:
-    return f"{mean:.{digits}f}"
-  std = math.sqrt(sum((value - mean) ** 2 for value in values) / (len(values) - 1))
-  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+  if row["seeds"] < 2:
+    return f"{row[column]:.{digits}f}"
+  return f"{row[column]:.{digits}f} ± {row[column + '_std']:.{digits}f}"
 
 
 def data_section(experiments: dict, eda_dir: str = None) -> str:
@@ -162,11 +159,10 @@ def comparison_section(experiments: dict, rows: list) -> str:
     seeds = experiments[row["model"]]
     cells = [row["model"], row["seeds"]]
     for column in metrics_lib.STUDY_COLUMNS:
-      cells.append(_mean_std([run["metrics"][column] for run in seeds.values()
-                              if run["metrics"].get(column) is not None], 3))
+      cells.append(_mean_std(row, column, 3))
     cells.append("best" if row["mcnemar_p"] is None else
                  f"p = {row['mcnemar_p']:.2g} ({row['discordant']})")
-    cells.append(_mean_std([run["metrics"]["train_seconds"] for run in seeds.values()], 0))
+    cells.append(_mean_std(row, "train_seconds", 0))
     cells.append(" / ".join(sorted({str(run["metrics"]["test_images"])
                                     for run in seeds.values()})))
     table.append(cells)
@@ -181,11 +177,8 @@ def _why_not_run(experiment: str) -> str:
   """Why a study row has no runs, when the machine shows it: its weights are missing."""
   from trainers.modeling import models  # pylint: disable=g-import-not-at-top
   from trainers.modeling import weights as weights_lib  # pylint: disable=g-import-not-at-top
-  path = os.path.join(EXPERIMENTS_DIR, experiment + ".flags")
   try:
-    with open(path) as file:
-      values = dict(line.strip()[2:].split("=", 1) for line in file
-                    if line.startswith("--") and "=" in line)
+    values = experiments_lib.values(experiment)
     spec = models.REGISTRY[values["model"]]
     if spec.imagenet_file is not None and values.get("weights") == "imagenet":
       cached = os.path.join(weights_lib.keras_models_folder(),

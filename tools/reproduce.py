@@ -33,10 +33,10 @@ from absl import flags
 from tools import compare
 from tools import report
 from trainers import cli
+from trainers import experiments as experiments_lib
 from trainers.runs import run_lock
 
-EXPERIMENTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "trainers", "experiments")
+EXPERIMENTS_DIR = experiments_lib.FOLDER
 # What tools.report writes at the end of every study, in --out.
 REPORT = "report.html"
 QUICK = ("--epochs=2", "--steps_per_epoch=3", "--fine_tune_epochs=1",
@@ -95,16 +95,12 @@ def _weights_for(experiment: str, weights: Optional[str]) -> Optional[str]:
   if not weights or "=" not in weights:
     return weights
   chosen = dict(pair.split("=", 1) for pair in weights.split(","))
-  with open(os.path.join(EXPERIMENTS_DIR, experiment + ".flags")) as file:
-    model = next((line.strip()[len("--model="):] for line in file
-                  if line.startswith("--model=")), None)
-  return chosen.get(model)
+  return chosen.get(experiments_lib.values(experiment).get("model"))
 
 
 def _sets_weights(experiment: str) -> bool:
   """Whether an experiment's flagfile sets --weights (its transfer models do)."""
-  with open(os.path.join(EXPERIMENTS_DIR, experiment + ".flags")) as file:
-    return any(line.startswith("--weights=") for line in file)
+  return "weights" in experiments_lib.values(experiment)
 
 
 def reproduce(experiments, seeds, data_dir, out, quick=False, weights=None,

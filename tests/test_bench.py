@@ -143,3 +143,16 @@ def test_bench_export_writes_its_rows_and_the_machine(run_dir, tmp_path):
   assert all(row["latency_ms"]["1_thread"] > 0 for row in written["rows"])
   assert written["machine"]["precision"] == "float32" and written["machine"]["cores"] >= 1
   assert "machine: " in result.stdout
+
+
+@pytest.mark.parametrize("tool, flags", [
+    ("tools.bench_input", ["--manual_dir=M", "--data_dir=D"]),
+    ("tools.bench_train", ["--data_dir=D"]),
+    ("tools.bench_export", ["--model_dir=R"])])
+def test_a_json_that_is_not_ours_is_refused_and_kept(tmp_path, tool, flags):
+  mine = tmp_path / "notes.json"
+  mine.write_text('{"mine": 1}')
+  result = subprocess.run([sys.executable, "-m", tool, *flags, f"--json={mine}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1 and "is not a figures file of ours" in result.stderr
+  assert "Traceback" not in result.stderr and mine.read_text() == '{"mine": 1}'

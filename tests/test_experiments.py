@@ -132,3 +132,12 @@ def test_an_override_the_trainer_does_not_take_is_refused_before_anything_trains
     reproduce.reproduce(["model_01"], [0], None, str(tmp_path), overrides=["--typo=1"])
   assert not (tmp_path / "model_01").exists()
   reproduce.check_overrides(["--epochs=3", "--nocache_features", "--keep_formats="])
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("mnv2=", "write each pair as MODEL=FILE"), ("=a.h5", "write each pair as MODEL=FILE"),
+    ("mnv9=a.h5", "mnv9 is not a model of the registry")])
+def test_a_bad_weights_pair_is_one_line_before_anything_trains(tmp_path, weights, message):
+  with pytest.raises(ValueError, match=message):
+    reproduce.reproduce(["mnv2"], [0], None, str(tmp_path), weights=weights)
+  assert not (tmp_path / "mnv2").exists()

@@ -97,3 +97,19 @@ def test_the_page_renders_in_a_real_browser(page, tmp_path):
   pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
   assert pixels.shape[0] > 1000 and pixels.std() > 10  # tall, and not one colour
   assert seconds < 2, seconds
+
+
+def test_an_out_that_is_not_a_report_of_ours_is_left_as_it_is(study, tmp_path):
+  out = tmp_path / "notes.html"
+  out.write_text("<p>mine</p>")
+  with pytest.raises(ValueError, match="is not a report of tools.report: it is left"):
+    report.write(str(study), str(out))
+  assert out.read_text() == "<p>mine</p>"
+  with pytest.raises(ValueError, match="--eda=.* is not a folder"):
+    report.write(str(study), str(tmp_path / "new.html"), eda_dir=str(tmp_path / "missing"))
+
+
+def test_a_report_of_ours_is_replaced(study, page):
+  before = page.read_text()
+  assert report.MARKER in before
+  assert report.write(str(study), str(page)) > 0 and report.MARKER in page.read_text()

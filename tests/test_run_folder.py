@@ -49,3 +49,13 @@ def test_the_device_is_named_by_its_mount_point(tmp_path):
   if not os.path.exists("/proc/mounts"):
     pytest.skip("reads /proc/mounts")
   assert " at /" in run_folder.device_of(str(tmp_path / "file"))
+
+
+def test_a_json_output_is_free_or_ours_only_when_absent_or_holding_the_key(tmp_path):
+  path = tmp_path / "figures.json"
+  assert run_folder.free_or_ours(str(path), "machine")
+  path.write_text('{"machine": {}, "pipeline": 1}')
+  assert run_folder.free_or_ours(str(path), "machine")
+  for foreign in ('{"mine": 1}', "[1, 2]", "not json"):
+    path.write_text(foreign)
+    assert not run_folder.free_or_ours(str(path), "machine")

@@ -12,6 +12,7 @@ thread count in a fresh process. Prints a Markdown table.
 """
 
 import os
+import sys
 import tempfile
 
 from absl import app
@@ -68,6 +69,9 @@ def main(argv):
   if _FLAGS.runs < 1:
     raise app.UsageError(f"--runs must be at least 1, got {_FLAGS.runs}.")
   from trainers.training import devices  # pylint: disable=g-import-not-at-top
+  if _FLAGS.json and not run_folder.free_or_ours(_FLAGS.json, "machine"):
+    sys.exit(f"bench_export: --json={_FLAGS.json} is not a figures file of ours (left as it "
+             "is): choose another --json.")
   rows = measure(_FLAGS.model_dir, _FLAGS.calibration_images, _FLAGS.runs)
   # Exports start from a float32 copy of the run's model, whatever it trained in.
   machine = devices.machine("float32")

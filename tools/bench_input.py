@@ -255,6 +255,9 @@ def main(argv):
   if any(count < 1 for count in threads):
     sys.exit(f"bench_input: --threads takes thread counts of 1 or more, got "
              f"{','.join(_FLAGS.threads)}.")
+  if _FLAGS.json and not run_folder.free_or_ours(_FLAGS.json, "machine"):
+    sys.exit(f"bench_input: --json={_FLAGS.json} is not a figures file of ours (left as it "
+             "is): choose another --json.")
   results = measure(_FLAGS.manual_dir, _FLAGS.data_dir, _FLAGS.image_size,
                     _FLAGS.batch_size, _FLAGS.limit, _FLAGS.passes, tuple(_FLAGS.configs),
                     threads, _FLAGS.stages)

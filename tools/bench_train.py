@@ -325,6 +325,9 @@ def _define_flags():
 
 def main(argv):
   del argv
+  if _FLAGS.json and not run_folder.free_or_ours(_FLAGS.json, "machine"):
+    sys.exit(f"bench_train: --json={_FLAGS.json} is not a figures file of ours (left as it "
+             "is): choose another --json.")
   if _FLAGS.rss_child:
     _rss_child(_FLAGS.data_dir, _FLAGS.image_size, _FLAGS.batch_size)
     return

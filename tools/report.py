@@ -52,6 +52,8 @@ STUDY = ("model_01", "model_02", "model_03", "model_04", "mnv2", "mnv2_fine_tune
          "dn121")
 # Longest side of an embedded picture: errors.png and the sheets are large.
 MAX_SIDE = 900
+# Written into every report: an existing --out is replaced only when it carries it.
+MARKER = '<meta name="generator" content="animals10 tools.report">'
 STYLE = """
 body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px;margin:.5em 0}
@@ -351,12 +353,22 @@ def build(runs_dir: str, eda_dir: str = None, audit_dir: str = None) -> str:
     body.append(audit_section(audit_dir))
   body += [exports_section(experiments), provenance_section(experiments)]
   return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-          f"<title>Animals-10 study</title><style>{STYLE}</style></head><body>\n"
+          f"{MARKER}<title>Animals-10 study</title><style>{STYLE}</style></head><body>\n"
           + "\n".join(part for part in body if part) + "\n</body></html>\n")
 
 
 def write(runs_dir: str, out: str, eda_dir: str = None, audit_dir: str = None) -> int:
-  """Writes the report (atomically); returns its size in bytes."""
+  """Writes the report (atomically); returns its size in bytes.
+
+  Raises:
+    ValueError: one line, for an --eda or --audit that is not a folder, or an --out
+      that holds anything but a report of ours (it is left as it is).
+  """
+  for flag, folder in (("--eda", eda_dir), ("--audit", audit_dir)):
+    if folder and not os.path.isdir(folder):
+      raise ValueError(f"{flag}={folder} is not a folder: give the --out folder of "
+                       f"tools.{flag[2:]}.")
+  check_out(out)
   page = build(runs_dir, eda_dir, audit_dir).encode()
   try:
     run_folder.atomic_write(out, page)
@@ -364,6 +376,20 @@ def write(runs_dir: str, out: str, eda_dir: str = None, audit_dir: str = None) -
     raise ValueError(f"--out={out} cannot be written ({error.strerror or error}): choose a "
                      "folder you can write to.") from None
   return len(page)
+
+
+def check_out(out: str):
+  """Raises ValueError unless `out` is free or a report this tool wrote."""
+  if not os.path.lexists(out):
+    return
+  try:
+    with open(out, encoding="utf-8", errors="replace") as file:
+      ours = MARKER in file.read(4096)
+  except OSError:
+    ours = False
+  if not ours:
+    raise ValueError(f"--out={out} exists and is not a report of tools.report: it is left "
+                     "as it is; choose another --out.")
 
 
 def _define_flags():

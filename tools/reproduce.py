@@ -94,8 +94,26 @@ def _weights_for(experiment: str, weights: Optional[str]) -> Optional[str]:
   for the experiment's model (None when none is: its flagfile's stays)."""
   if not weights or "=" not in weights:
     return weights
-  chosen = dict(pair.split("=", 1) for pair in weights.split(","))
-  return chosen.get(experiments_lib.values(experiment).get("model"))
+  return weights_by_model(weights).get(experiments_lib.values(experiment).get("model"))
+
+
+def weights_by_model(weights: str) -> dict:
+  """{model: path} of a `--weights=MODEL=PATH,...` value.
+
+  Raises:
+    ValueError: a pair without a model or a path, or a model the registry lacks.
+  """
+  from trainers.modeling import models  # pylint: disable=g-import-not-at-top
+  chosen = {}
+  for pair in weights.split(","):
+    model, _, path = pair.partition("=")
+    if not model or not path:
+      raise ValueError(f"--weights={weights}: write each pair as MODEL=FILE (got {pair!r}).")
+    if model not in models.REGISTRY:
+      raise ValueError(f"--weights={weights}: {model} is not a model of the registry; "
+                       f"choose from {', '.join(models.REGISTRY)}.")
+    chosen[model] = path
+  return chosen
 
 
 def _sets_weights(experiment: str) -> bool:
@@ -116,6 +134,8 @@ def reproduce(experiments, seeds, data_dir, out, quick=False, weights=None,
     raise ValueError(f"Unknown experiment(s) {', '.join(unknown)}: choose from "
                      f"{', '.join(available())}.")
   check_overrides(overrides)
+  if weights and "=" in weights:
+    weights_by_model(weights)  # a bad pair is one line before anything trains
   run_dirs = []
   for experiment in experiments:
     for seed in seeds:

@@ -131,6 +131,18 @@ def write_json(path: str, value):
   atomic_write(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
 
 
+def free_or_ours(path: str, key: str) -> bool:
+  """Whether `path` may be written: absent, or a JSON object holding `key` (a tool's
+  own earlier output). Anything else is a user's file, to be left as it is."""
+  if not os.path.lexists(path):
+    return True
+  try:
+    with open(path) as file:
+      return key in json.load(file)
+  except (OSError, ValueError, TypeError):
+    return False
+
+
 def atomic_copy(source: str, path: str):
   replace_with(path, lambda temporary: shutil.copyfile(source, temporary),
                suffix=os.path.splitext(path)[1],

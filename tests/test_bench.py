@@ -31,14 +31,18 @@ def test_bench_input_reports_every_loader(sample_dir, data_dir, tmp_path):
   for key in ("seed_loader", "directory_loader", "decode_ceiling/160px", "decode_ceiling/full",
               "pipeline/160px", "pipeline/full", "pipeline_cached/160px",
               "pipeline_cached/full", "decode_ceiling/160px/1_threads", "pipeline/full/1_threads",
-              "stage/160px/read_parse", "stage/full/decode_shuffled_float"):
+              "pipeline_later/160px", "pipeline_later/full",
+              "stage/160px/read_parse", "stage/full/decode_shuffled_float",
+              "stage/160px/decode_shuffled_batches", "stage/full/ceiling_batches"):
     assert figures[key] > 0, key
     spread = figures["spread"][key]
     assert len(spread["passes"]) == 2 and spread["min"] <= figures[key] <= spread["max"], key
   assert set(figures["ratios"]) == {
       "pipeline/decode_ceiling/160px", "pipeline/decode_ceiling/full",
       "pipeline/directory_loader/160px", "pipeline/directory_loader/full",
-      "pipeline/seed_loader", "pipeline_cached/directory_loader"}
+      "pipeline/seed_loader", "pipeline_cached/directory_loader",
+      "pipeline/ceiling_batches/160px", "pipeline/ceiling_batches/full",
+      "pipeline_later/decode_ceiling/160px", "pipeline_later/decode_ceiling/full"}
   assert all(value > 0 for value in figures["ratios"].values())
   assert figures["per_core"]["pipeline/160px/1_threads"] == figures["pipeline/160px/1_threads"]
   assert figures["machine"]["cores"] >= 1 and "avx512_bf16" in figures["machine"]["cpu_flags"]

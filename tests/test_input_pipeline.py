@@ -106,6 +106,37 @@ def test_a_resumed_stream_gives_the_batches_of_an_uninterrupted_one(builder):
   assert full[0:2] != full[2:4]  # each epoch is shuffled differently
 
 
+def test_a_batch_decodes_exactly_as_its_images_one_by_one(builder):
+  encoded = [record["image"] for record in records_lib.records(builder, "train").take(16)]
+  one_by_one = np.stack([input_pipeline.decode_and_resize(data, 40, "crop").numpy()
+                         for data in encoded])
+  batch = input_pipeline.decode_batch(tf.stack(encoded), 40, "crop", tf.float32)
+  assert batch.dtype == tf.float32 and batch.shape == (16, 40, 40, 3)
+  np.testing.assert_array_equal(batch.numpy(), one_by_one.astype(np.float32))
+  stream = input_pipeline.TrainingStream(batch_size=8, steps_per_epoch=2, epochs=1,
+                                         image_size=40)
+  images, labels = next(iter(input_pipeline.training_batches(
+      records_lib.records(builder, "train"), stream)))
+  assert images.dtype == tf.float32 and images.shape == (8, 40, 40, 3) and labels.shape == (8,)
+
+
+def test_the_shuffle_buffer_holds_at_most_one_pass(builder):
+  records = records_lib.records(builder, "train")
+  count = len(records_lib.labels_and_names(records)[0])
+  stream = input_pipeline.TrainingStream(batch_size=count, steps_per_epoch=1, epochs=2, seed=1,
+                                         image_size=32, record_bytes=100, pass_records=count)
+  assert stream.shuffle_buffer() == count
+  assert dataclasses.replace(stream, pass_records=None).shuffle_buffer() == (
+      input_pipeline.SHUFFLE_BUFFER[1])
+  passes = [labels.numpy().tolist() for _, labels in
+            input_pipeline.training_batches(records, stream)]
+  assert sorted(passes[0]) == sorted(passes[1]) == sorted(
+      records_lib.labels_and_names(records)[0].tolist())
+  # Only less is read ahead: the order is the one a buffer of many passes gave.
+  assert passes == [labels.numpy().tolist() for _, labels in input_pipeline.training_batches(
+      records, dataclasses.replace(stream, pass_records=None))]
+
+
 def test_exclude_leaves_listed_records_out_of_train_and_validation(builder, tmp_path):
   train_labels, train_names = records_lib.labels_and_names(records_lib.records(builder, "train"))
   _, test_names = records_lib.labels_and_names(records_lib.records(builder, "test"))

@@ -8,17 +8,21 @@ machine falls on all of them alike; each figure is the median of `--passes`,
 with its spread (min, max) beside it:
   seed_loader       keras.utils.load_img(target_size) + img_to_array in a loop (the study)
   directory_loader  keras.utils.image_dataset_from_directory on the raw folders
-  decode_ceiling    decode + resize of record bytes already in memory (per config)
+  decode_ceiling    decode + resize of record bytes already in memory, image by image
+                    (per config)
   pipeline          trainers.data.input_pipeline, a whole first (uncached) epoch of the
                     train split, shuffle-buffer fill included (per config)
   pipeline_cached   the same, an epoch after its cache was filled (per config)
+  pipeline_later    the same uncached, its second epoch timed alone: no shuffle-buffer
+                    fill, what each later epoch costs without --cache (per config)
 The loaders and the ceiling read --limit images; the pipeline a whole epoch.
 
 `--threads=1,2` also times the ceiling and the pipeline of every config with
 tf.data's private thread pool of that size (and one thread inside each op), and
-reports images/second per core: what one host core feeds. `--stages` also times the pipeline cut after each of its stages. The machine (CPU,
-its AVX-512/AVX512_BF16/AMX flags, cores, TensorFlow, the policy
---precision=auto picks here) is printed and written with the figures.
+reports images/second per core: what one host core feeds. `--stages` also times
+the pipeline cut after each of its stages. The machine (CPU, its
+AVX-512/AVX512_BF16/AMX flags, cores, TensorFlow, the policy --precision=auto
+picks here) is printed and written with the figures.
 """
 
 import os
@@ -43,8 +47,9 @@ def _timed(contenders: dict, passes: int) -> dict:
   """{name: images/second of each pass} of `contenders` ({name: run}), alternated.
 
   Each `run` returns how many images it really produced (a loader that drops
-  unreadable files, or whole batches, is not credited with them). All are
-  warmed up once, then timed in turn, pass after pass.
+  unreadable files, or whole batches, is not credited with them), or that count
+  and the seconds of the part it times itself. All are warmed up once, then
+  timed in turn, pass after pass.
   """
   for run in contenders.values():
     run()
@@ -53,7 +58,9 @@ def _timed(contenders: dict, passes: int) -> dict:
     for name, run in contenders.items():
       start = time.perf_counter()
       count = run()
-      rates[name].append(count / (time.perf_counter() - start))
+      count, seconds = count if isinstance(count, tuple) else (
+          count, time.perf_counter() - start)
+      rates[name].append(count / seconds)
   return rates
 
 
@@ -122,15 +129,23 @@ def _split(config, data_dir):
 def decode_ceiling(config, data_dir, image_size, batch_size, limit, threads=0):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
-  every = max(1, builder.info.splits["train"].num_examples // limit)  # spread over the split
-  encoded = [record["image"] for record in records.shard(every, 0).take(limit)]
-  in_memory = tf.data.Dataset.from_tensor_slices(tf.stack(encoded))
-  dataset = in_memory.map(
+  dataset = _in_memory(records, builder, limit).map(
       lambda data: input_pipeline.decode_and_resize(data, image_size, "crop"),
-      num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+      num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+  # The pipeline's own tf.data options, so the two differ only in what they do.
+  dataset = dataset.with_options(input_pipeline.stream_options(True)).prefetch(
+      tf.data.AUTOTUNE)
   if threads:
     dataset = _threaded(dataset, threads)
   return lambda: _count(dataset)
+
+
+def _in_memory(records, builder, limit):
+  """`limit` encoded images of the split, spread over it, as a dataset in memory."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  every = max(1, builder.info.splits["train"].num_examples // limit)
+  encoded = [record["image"] for record in records.shard(every, 0).take(limit)]
+  return tf.data.Dataset.from_tensor_slices(tf.stack(encoded))
 
 
 def pipeline(config, data_dir, image_size, batch_size, cached, threads=0):
@@ -141,7 +156,8 @@ def pipeline(config, data_dir, image_size, batch_size, cached, threads=0):
   dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=1,
       image_size=image_size, cache_decoded=cached,
-      record_bytes=records_lib.mean_record_bytes(builder)))
+      record_bytes=records_lib.mean_record_bytes(builder),
+      pass_records=builder.info.splits["train"].num_examples))
   if threads:
     dataset = _threaded(dataset, threads)
 
@@ -152,38 +168,70 @@ def pipeline(config, data_dir, image_size, batch_size, cached, threads=0):
   return run
 
 
-def stages(config, data_dir, image_size, batch_size) -> dict:
+def pipeline_later(config, data_dir, image_size, batch_size):
+  """The pipeline's second uncached epoch, timed alone: what each epoch after the first
+  costs without --cache (one stream fills its shuffle buffer once, in the first)."""
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  input_pipeline, builder, records = _split(config, data_dir)
+  steps = max(1, builder.info.splits["train"].num_examples // batch_size)
+  dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
+      batch_size=batch_size, steps_per_epoch=steps, epochs=2, image_size=image_size,
+      record_bytes=records_lib.mean_record_bytes(builder),
+      pass_records=builder.info.splits["train"].num_examples))
+
+  def run():
+    batches = iter(dataset)
+    for _ in range(steps):
+      next(batches)
+    start = time.perf_counter()
+    count = sum(int(images.shape[0]) for images, _ in batches)
+    return count, time.perf_counter() - start
+  return run
+
+
+def stages(config, data_dir, image_size, batch_size, limit) -> dict:
   """{name: run} of the pipeline's first epoch cut after each stage, to see where its
-  time goes: reading and parsing alone, then decoding in record order (no shuffle,
-  uint8), then shuffled, then cast to float32 as the pipeline hands batches to the
-  model (the whole pipeline is `pipeline/<config>`)."""
+  time goes: reading and parsing alone, then decoding image by image in record order
+  (no shuffle), then the same after the shuffle, as float32 (the pipeline before it
+  decoded a batch at a time), then the pipeline's own decode of whole batches without
+  the rest of it; and the ceiling decoded a batch at a time (the whole pipeline is
+  `pipeline/<config>`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
   stream = input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=1, epochs=1, image_size=image_size,
-      record_bytes=records_lib.mean_record_bytes(builder))
+      record_bytes=records_lib.mean_record_bytes(builder),
+      pass_records=builder.info.splits["train"].num_examples)
   shuffled = records.shuffle(stream.shuffle_buffer(), seed=0)
 
-  def decoded(dataset):
+  def decoded(dataset, dtype=tf.uint8):
     return _unordered(dataset.map(
-        lambda record: input_pipeline.decode_and_resize(record["image"], image_size, "crop"),
+        lambda record: tf.cast(input_pipeline.decode_and_resize(record["image"], image_size,
+                                                                "crop"), dtype),
         num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size))
-  as_float = decoded(shuffled).map(lambda batch: tf.cast(batch, tf.float32),
-                                   num_parallel_calls=tf.data.AUTOTUNE)
-  chosen = {"read_parse": records.map(lambda record: record["image"]).batch(batch_size),
+
+  def batch_decoded(batches):
+    return _unordered(batches.map(
+        lambda data: input_pipeline.decode_batch(data, image_size, "crop", tf.float32),
+        num_parallel_calls=tf.data.AUTOTUNE))
+  chosen = {"read_parse": _unordered(records.map(lambda record: record["image"]).batch(
+                batch_size)),
             "decode_in_order": decoded(records), "decode_shuffled": decoded(shuffled),
-            "decode_shuffled_float": as_float}
+            "decode_shuffled_float": decoded(shuffled, tf.float32),
+            "decode_shuffled_batches": batch_decoded(
+                shuffled.map(lambda record: record["image"]).batch(batch_size)),
+            "ceiling_batches": batch_decoded(_in_memory(records, builder, limit).batch(
+                batch_size))}
   return {f"stage/{config}/{name}": (lambda dataset=dataset: _count(
       dataset.prefetch(tf.data.AUTOTUNE))) for name, dataset in chosen.items()}
 
 
 def _unordered(dataset):
-  """Parallel stages free to hand out elements as they finish (the pipeline's default)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  options = tf.data.Options()
-  options.deterministic = False
-  return dataset.with_options(options)
+  """The pipeline's tf.data options: parallel stages free to hand out elements as they
+  finish (its default), no model-based autotuning."""
+  from trainers.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  return dataset.with_options(input_pipeline.stream_options(False))
 
 
 def measure(manual_dir, data_dir, image_size=100, batch_size=64, limit=2048, passes=3,
@@ -200,8 +248,10 @@ def measure(manual_dir, data_dir, image_size=100, batch_size=64, limit=2048, pas
     contenders[f"pipeline/{config}"] = pipeline(config, data_dir, image_size, batch_size, False)
     contenders[f"pipeline_cached/{config}"] = pipeline(config, data_dir, image_size,
                                                        batch_size, True)
+    contenders[f"pipeline_later/{config}"] = pipeline_later(config, data_dir, image_size,
+                                                            batch_size)
     if with_stages:
-      contenders.update(stages(config, data_dir, image_size, batch_size))
+      contenders.update(stages(config, data_dir, image_size, batch_size, limit))
     for count in threads:
       contenders[f"decode_ceiling/{config}/{count}_threads"] = decode_ceiling(
           config, data_dir, image_size, batch_size, limit, threads=count)
@@ -217,6 +267,11 @@ def measure(manual_dir, data_dir, image_size=100, batch_size=64, limit=2048, pas
                                                    / results[f"decode_ceiling/{config}"])
     ratios[f"pipeline/directory_loader/{config}"] = (results[f"pipeline/{config}"]
                                                      / results["directory_loader"])
+    ratios[f"pipeline_later/decode_ceiling/{config}"] = (
+        results[f"pipeline_later/{config}"] / results[f"decode_ceiling/{config}"])
+    if with_stages:  # against the ceiling decoded a batch at a time, as the pipeline does
+      ratios[f"pipeline/ceiling_batches/{config}"] = (
+          results[f"pipeline/{config}"] / results[f"stage/{config}/ceiling_batches"])
   ratios["pipeline/seed_loader"] = results[f"pipeline/{configs[0]}"] / results["seed_loader"]
   ratios["pipeline_cached/directory_loader"] = (results[f"pipeline_cached/{configs[0]}"]
                                                 / results["directory_loader"])
@@ -235,7 +290,7 @@ def _define_flags():
   flags.DEFINE_integer("image_size", 100, "Output side.")
   flags.DEFINE_integer("batch_size", 64, "Batch size.")
   flags.DEFINE_integer("limit", 2048, "Images per pass.")
-  flags.DEFINE_integer("passes", 3, "Timed passes (median).")
+  flags.DEFINE_integer("passes", 7, "Timed passes (median).")
   flags.DEFINE_list("configs", ["160px", "full"], "Dataset configs to measure.")
   flags.DEFINE_list("threads", [], "Also time the ceiling and the pipeline on tf.data pools "
                     "of these sizes (e.g. 1,2) and report images/second per core.")

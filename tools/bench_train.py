@@ -133,7 +133,8 @@ def throughput(data_dir, precision, image_size=100, batch_size=32, steps=40, pas
   records = records_lib.records(builder, "train")
   stream = input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1,
-      image_size=image_size, record_bytes=records_lib.mean_record_bytes(builder))
+      image_size=image_size, record_bytes=records_lib.mean_record_bytes(builder),
+      pass_records=builder.info.splits["train"].num_examples)
   fed = input_pipeline.training_batches(records, stream)
   # --cache: an epoch's worth of records, decoded once during the traced epoch.
   cached = input_pipeline.training_batches(records.take(steps * batch_size),
@@ -166,7 +167,7 @@ def _rss_child(data_dir, image_size, batch_size):
   steps = images // batch_size
   dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=1, image_size=image_size,
-      record_bytes=records_lib.mean_record_bytes(builder)))
+      record_bytes=records_lib.mean_record_bytes(builder), pass_records=images))
   _model("float32", image_size).fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0,
                                    shuffle=False)
   print(json.dumps({"train_images": images, "peak_rss_mib": peak_rss_mib()}))
@@ -235,7 +236,7 @@ def transfer(data_dir, model_name, image_size=100, batch_size=32, steps=20, pass
   records = records_lib.records(builder, "train").take(steps * batch_size)
   stream = input_pipeline.TrainingStream(
       batch_size=batch_size, steps_per_epoch=steps, epochs=passes + 1, image_size=image_size,
-      record_bytes=records_lib.mean_record_bytes(builder))
+      record_bytes=records_lib.mean_record_bytes(builder), pass_records=steps * batch_size)
   model = models.build_model(model_name, image_size, weights=None)
   if fine_tune:
     models.unfreeze_top(model, fine_tune_layers)

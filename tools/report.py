@@ -109,12 +109,17 @@ def _mean_std(row: dict, column: str, digits: int) -> str:
 
 def data_section(experiments: dict, eda_dir: str = None) -> str:
   """The dataset, its counts per split and class, and what its build set aside."""
-  first = next(iter(next(iter(experiments.values())).values()))
-  config = settings_lib.load(first["dir"])
+  settings = {}  # each distinct data setting, with the experiments that use it
+  for name, seeds in experiments.items():
+    for run in seeds.values():
+      config = settings_lib.load(run["dir"])
+      key = (config.dataset, config.data_dir or "TFDS default", config.image_size,
+             ", ".join(config.keep_formats + config.keep_modes) or "none", config.balance)
+      settings.setdefault(key, {})[name] = None
+  config = settings_lib.load(next(iter(next(iter(experiments.values())).values()))["dir"])
   parts = ["<h2>The data</h2>",
-           _table(["dataset", "data_dir", "image size", "filters", "balance"], [[
-               config.dataset, config.data_dir or "TFDS default", config.image_size,
-               ", ".join(config.keep_formats + config.keep_modes) or "none", config.balance]])]
+           _table(["dataset", "data_dir", "image size", "filters", "balance", "experiments"],
+                  [list(key) + [", ".join(names)] for key, names in settings.items()])]
   metadata = _metadata(config)
   if metadata is None:
     parts.append("<p>metadata.json of the build was not found beside its records.</p>")

@@ -47,7 +47,8 @@ class WorkerBatches:
           replica_batch_size=self._replica_batch(input_context),
           mixup=self.config.mixup, cutmix=self.config.cutmix,
           num_classes=len(self.class_names),
-          record_bytes=records_lib.mean_record_bytes(self.builder))
+          record_bytes=records_lib.mean_record_bytes(self.builder),
+          pass_records=self.counts["train"])
       if features is not None:
         return input_pipeline.feature_training_batches(features.indexed(), features.lookup,
                                                        stream)

@@ -1,10 +1,10 @@
 """The input pipeline's streams: pure functions from records to decoded batches.
 
 Records come from `trainers.data.records` (filtered, undecoded) as `trainers.data.split_plan`
-planned them; here they are decoded straight to the target size with the
-cheapest exact JPEG path, shuffled with a seed per epoch, batched (evaluation
-padded to full batches) and prefetched. Nothing here knows about flags or
-models; nothing is loaded into NumPy.
+planned them; here they are shuffled still encoded with a seed per epoch, batched,
+decoded a batch at a time straight to the target size with the cheapest exact JPEG
+path (evaluation: image by image, padded to full batches) and prefetched. Nothing
+here knows about flags or models; nothing is loaded into NumPy.
 """
 
 import dataclasses
@@ -105,15 +105,45 @@ def _resized(image: tf.Tensor, image_size: int) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def images(dataset: tf.data.Dataset, image_size: int, resize: str) -> tf.data.Dataset:
-  """(uint8 image, label) pairs from `records(...)`."""
+def images(dataset: tf.data.Dataset, image_size: int, resize: str,
+           dtype: tf.DType = tf.uint8) -> tf.data.Dataset:
+  """(image, label) pairs from `records(...)`: uint8, or float32 in [0, 255] when a
+  stream hands its images to the model as they are decoded (see `_float_batches`)."""
   return dataset.map(
-      lambda record: (decode_and_resize(record["image"], image_size, resize),
+      lambda record: (tf.cast(decode_and_resize(record["image"], image_size, resize), dtype),
                       record["label"]), num_parallel_calls=AUTOTUNE)
 
 
-def _to_float(inputs, *rest):
-  return (tf.nest.map_structure(lambda tensor: tf.cast(tensor, tf.float32), inputs), *rest)
+# Images of one batch a decode_batch map decodes at a time.
+_PARALLEL_DECODES = 16
+
+
+def decode_batch(image_bytes: tf.Tensor, image_size: int, resize: str,
+                 dtype: tf.DType = tf.uint8) -> tf.Tensor:
+  """`decode_and_resize` of a batch of encoded JPEGs, in order, as one map's element.
+
+  The training stream decodes after batching: one map call per batch instead of one
+  per image spares tf.data a hand-off per image, which took 6-9 % of a first epoch
+  from the two cores that decode (tools.bench_input, docs/performance.md).
+  """
+  return tf.map_fn(lambda data: tf.cast(decode_and_resize(data, image_size, resize), dtype),
+                   image_bytes, parallel_iterations=_PARALLEL_DECODES,
+                   fn_output_signature=tf.TensorSpec([image_size, image_size, 3], dtype))
+
+
+def _float_batches(batches: tf.data.Dataset, parallel: bool) -> tf.data.Dataset:
+  """Batches whose inputs are float32: a cast of a whole batch where they are not.
+
+  Decoded images become float32 in the decode itself, each cast by the thread that
+  decoded it; a separate map over whole batches cost the 160px epoch 11 %
+  (tools.bench_input --stages, docs/performance.md). Cached uint8 images (a quarter of
+  the memory) and cached activations are cast here.
+  """
+  if all(spec.dtype == tf.float32 for spec in tf.nest.flatten(batches.element_spec[0])):
+    return batches
+  def to_float(inputs, *rest):
+    return (tf.nest.map_structure(lambda tensor: tf.cast(tensor, tf.float32), inputs), *rest)
+  return batches.map(to_float, num_parallel_calls=AUTOTUNE if parallel else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +166,8 @@ class TrainingStream:
       replicas fed by one pipeline, as `distribute_datasets_from_function` wants).
     record_bytes: mean size of a record (`mean_record_bytes`), to size the
       shuffle buffer; None: the largest buffer.
+    pass_records: records in one pass over the split (at most), to cap the
+      shuffle buffer; None: no cap.
     mixup: MixUp's alpha (0: off); labels become class distributions.
     cutmix: CutMix's alpha (0: off); with mixup, each batch takes one of the two.
     num_classes: the depth of those distributions.
@@ -153,22 +185,27 @@ class TrainingStream:
   class_weight: Optional[tuple[float, ...]] = None
   replica_batch_size: Optional[int] = None
   record_bytes: Optional[float] = None
+  pass_records: Optional[int] = None
   mixup: float = 0.0
   cutmix: float = 0.0
   num_classes: int = 10
 
   def shuffle_buffer(self) -> int:
-    """Elements in the shuffle buffer: as many as fit in SHUFFLE_BUFFER_BYTES.
+    """Elements in the shuffle buffer: as many as fit in SHUFFLE_BUFFER_BYTES, and no
+    more than one pass holds.
 
     The same for records and for their cached features, so both streams visit
-    the training split in the same order.
+    the training split in the same order. A buffer larger than a pass gives the
+    same order (the repeated shuffle keeps its passes apart; tested) but fills with
+    the next passes' records before the first one comes out: 2.5 passes of a
+    2,134-record split, 84 ms against 38 ms, before any decoding began.
     """
     element_bytes = (self.image_size * self.image_size * 3 if self.cache_decoded
                      else self.record_bytes)
-    if not element_bytes:
-      return SHUFFLE_BUFFER[1]
-    return int(min(max(SHUFFLE_BUFFER_BYTES // element_bytes, SHUFFLE_BUFFER[0]),
-                   SHUFFLE_BUFFER[1]))
+    size = (SHUFFLE_BUFFER[1] if not element_bytes else
+            int(min(max(SHUFFLE_BUFFER_BYTES // element_bytes, SHUFFLE_BUFFER[0]),
+                    SHUFFLE_BUFFER[1])))
+    return max(1, min(size, self.pass_records)) if self.pass_records else size
 
 
 def training_batches(records: tf.data.Dataset, stream: TrainingStream) -> tf.data.Dataset:
@@ -213,10 +250,12 @@ def _training(elements: tf.data.Dataset, stream: TrainingStream, decode: bool,
   elements = elements.shuffle(stream.shuffle_buffer(), seed=stream.seed,
                               reshuffle_each_iteration=True).repeat()
   elements = elements.skip(stream.first_epoch * stream.steps_per_epoch * stream.batch_size)
-  if not stream.cache_decoded and decode:
-    elements = images(elements, stream.image_size, stream.resize)
   batches = elements.batch(stream.batch_size, drop_remainder=True)
   batches = batches.take(max(0, stream.epochs - stream.first_epoch) * stream.steps_per_epoch)
+  if not stream.cache_decoded and decode:
+    batches = batches.map(lambda records: (
+        decode_batch(records["image"], stream.image_size, stream.resize, tf.float32),
+        records["label"]), num_parallel_calls=AUTOTUNE)
   if lookup is not None:
     batches = batches.map(lambda indices, label: (lookup(indices), label))
   if stream.class_weight is not None:
@@ -226,7 +265,7 @@ def _training(elements: tf.data.Dataset, stream: TrainingStream, decode: bool,
     batches = _mixed(batches, stream)
   if stream.replica_batch_size and stream.replica_batch_size != stream.batch_size:
     batches = batches.rebatch(stream.replica_batch_size, drop_remainder=True)
-  return _finish(batches.map(_to_float, num_parallel_calls=AUTOTUNE), stream.deterministic)
+  return _finish(_float_batches(batches, parallel=True), stream.deterministic)
 
 
 # Seed-generator draws a batch may use: each batch's draws start at its index
@@ -295,8 +334,9 @@ def eval_batches(records: tf.data.Dataset, plan: split_plan.EvalPlan, *, image_s
     worker's records then padding; the first `plan.share(worker)` examples in
     order are the records (every worker runs the same number of batches).
   """
-  elements = images(records, image_size, resize)
-  return _padded(elements.cache() if cache_decoded else elements, plan, replica_batch_size)
+  if cache_decoded:
+    return _padded(images(records, image_size, resize).cache(), plan, replica_batch_size)
+  return _padded(images(records, image_size, resize, tf.float32), plan, replica_batch_size)
 
 
 def feature_eval_batches(indexed: tf.data.Dataset, lookup: Callable,
@@ -320,10 +360,24 @@ def _padded(elements: tf.data.Dataset, plan: split_plan.EvalPlan,
       replica_batch_size or plan.worker_batch, drop_remainder=True)
   if lookup is not None:
     batches = batches.map(lambda indices, label, weights: (lookup(indices), label, weights))
-  return _finish(batches.map(_to_float), deterministic=True)
+  return _finish(_float_batches(batches, parallel=False), deterministic=True)
+
+
+def stream_options(deterministic: bool) -> tf.data.Options:
+  """The tf.data options of every stream here.
+
+  tf.data's model-based autotuning is off: AUTOTUNE parallelism is then the cores
+  the runner has, at most 16 (tf.data's own starting value). On 2 cores the
+  autotuner cost a third of the throughput in a random 20-60 % of epochs (3,100
+  img/s against 4,300 for the same decode, and 1,600 against 2,500 for `full`),
+  which no choice of fixed parallelism avoided while it ran; off, every epoch ran
+  at the higher rate (tools.bench_input, docs/performance.md).
+  """
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  options.autotune.enabled = False
+  return options
 
 
 def _finish(dataset: tf.data.Dataset, deterministic: bool) -> tf.data.Dataset:
-  options = tf.data.Options()
-  options.deterministic = deterministic
-  return dataset.with_options(options).prefetch(AUTOTUNE)
+  return dataset.with_options(stream_options(deterministic)).prefetch(AUTOTUNE)

@@ -148,16 +148,22 @@ def _in_memory(records, builder, limit):
   return tf.data.Dataset.from_tensor_slices(tf.stack(encoded))
 
 
+def _stream(builder, image_size, batch_size, **changes):
+  """The trainer's stream settings for a whole-split epoch of `builder`'s train split."""
+  from trainers.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
+  count = builder.info.splits["train"].num_examples
+  settings = dict(batch_size=batch_size, steps_per_epoch=max(1, count // batch_size),
+                  epochs=1, image_size=image_size,
+                  record_bytes=records_lib.mean_record_bytes(builder), pass_records=count)
+  return input_pipeline.TrainingStream(**{**settings, **changes})
+
+
 def pipeline(config, data_dir, image_size, batch_size, cached, threads=0):
   """The trainer's pipeline over one whole epoch of the train split."""
-  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
-  steps = max(1, builder.info.splits["train"].num_examples // batch_size)
-  dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
-      batch_size=batch_size, steps_per_epoch=steps, epochs=1,
-      image_size=image_size, cache_decoded=cached,
-      record_bytes=records_lib.mean_record_bytes(builder),
-      pass_records=builder.info.splits["train"].num_examples))
+  dataset = input_pipeline.training_batches(
+      records, _stream(builder, image_size, batch_size, cache_decoded=cached))
   if threads:
     dataset = _threaded(dataset, threads)
 
@@ -171,17 +177,13 @@ def pipeline(config, data_dir, image_size, batch_size, cached, threads=0):
 def pipeline_later(config, data_dir, image_size, batch_size):
   """The pipeline's second uncached epoch, timed alone: what each epoch after the first
   costs without --cache (one stream fills its shuffle buffer once, in the first)."""
-  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
-  steps = max(1, builder.info.splits["train"].num_examples // batch_size)
-  dataset = input_pipeline.training_batches(records, input_pipeline.TrainingStream(
-      batch_size=batch_size, steps_per_epoch=steps, epochs=2, image_size=image_size,
-      record_bytes=records_lib.mean_record_bytes(builder),
-      pass_records=builder.info.splits["train"].num_examples))
+  stream = _stream(builder, image_size, batch_size, epochs=2)
+  dataset = input_pipeline.training_batches(records, stream)
 
   def run():
     batches = iter(dataset)
-    for _ in range(steps):
+    for _ in range(stream.steps_per_epoch):
       next(batches)
     start = time.perf_counter()
     count = sum(int(images.shape[0]) for images, _ in batches)
@@ -197,13 +199,8 @@ def stages(config, data_dir, image_size, batch_size, limit) -> dict:
   the rest of it; and the ceiling decoded a batch at a time (the whole pipeline is
   `pipeline/<config>`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainers.data import records as records_lib  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
-  stream = input_pipeline.TrainingStream(
-      batch_size=batch_size, steps_per_epoch=1, epochs=1, image_size=image_size,
-      record_bytes=records_lib.mean_record_bytes(builder),
-      pass_records=builder.info.splits["train"].num_examples)
-  shuffled = records.shuffle(stream.shuffle_buffer(), seed=0)
+  shuffled = records.shuffle(_stream(builder, image_size, batch_size).shuffle_buffer(), seed=0)
 
   def decoded(dataset, dtype=tf.uint8):
     return _unordered(dataset.map(

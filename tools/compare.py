@@ -106,7 +106,8 @@ def find_runs(paths) -> tuple[list[str], list[str]]:
 
 
 def load(run_dirs) -> dict:
-  """{experiment: {seed: {"dir": path, "metrics": {...}, "run": FinishedRun}}}.
+  """{experiment: {seed: {"dir": path, "metrics": {...}, "run": FinishedRun,
+  "config": its settings (config.json)}}}.
 
   Raises:
     ValueError: an unfinished or damaged run (`results.load`), two runs of one
@@ -120,7 +121,8 @@ def load(run_dirs) -> dict:
       raise ValueError(f"{experiments[name][seed]['dir']} and {run_dir} are both experiment "
                        f"{name}, {seed.replace('_', ' ')}: compare them in separate calls, or "
                        "rename one folder.")
-    experiments[name][seed] = {"dir": run_dir, "metrics": run.metrics, "run": run}
+    experiments[name][seed] = {"dir": run_dir, "metrics": run.metrics, "run": run,
+                               "config": settings_lib.load(run_dir)}
     _check_same_settings(name, experiments[name])
   return dict(experiments)
 
@@ -129,7 +131,7 @@ def _check_same_settings(name: str, seeds: dict):
   """Raises ValueError when the runs of one experiment differ in more than the seed:
   in a setting, or in the data they trained and were tested on."""
   settings = {seed: {key: value for key, value in
-                     dataclasses.asdict(settings_lib.load(run["dir"])).items()
+                     dataclasses.asdict(run["config"]).items()
                      if key not in settings_lib.SAME_EXPERIMENT_EXCEPT}
               for seed, run in seeds.items()}
   first_seed, first = next(iter(settings.items()))

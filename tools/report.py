@@ -44,7 +44,6 @@ from trainers.evaluation import figures
 from trainers.evaluation import metrics as metrics_lib
 from trainers.runs import run_folder
 from trainers.runs import run_paths
-from trainers.runs import settings as settings_lib
 
 _FLAGS = flags.FLAGS
 # The study's rows, in its order (trainers/experiments/<name>.flags).
@@ -112,11 +111,12 @@ def data_section(experiments: dict, eda_dir: str = None) -> str:
   settings = {}  # each distinct data setting, with the experiments that use it
   for name, seeds in experiments.items():
     for run in seeds.values():
-      config = settings_lib.load(run["dir"])
+      config = run["config"]
       key = (config.dataset, config.data_dir or "TFDS default", config.image_size,
              ", ".join(config.keep_formats + config.keep_modes) or "none", config.balance)
       settings.setdefault(key, {})[name] = None
-  config = settings_lib.load(next(iter(next(iter(experiments.values())).values()))["dir"])
+  # The dataset's counts: the first run's build.
+  config = next(iter(next(iter(experiments.values())).values()))["config"]
   parts = ["<h2>The data</h2>",
            _table(["dataset", "data_dir", "image size", "filters", "balance", "experiments"],
                   [list(key) + [", ".join(names)] for key, names in settings.items()])]
@@ -197,14 +197,14 @@ def _why_not_run(experiment: str) -> str:
   return "not in this study's runs"
 
 
-def _flags(run_dir: str) -> str:
+def _flags(run: dict) -> str:
   """The run's flags.txt; for a run trained from Python (no flags.txt), the settings of
   its config.json that differ from the defaults, as flags."""
-  paths = run_paths.RunPaths(run_dir)
+  paths = run_paths.RunPaths(run["dir"])
   if os.path.exists(paths.flags):
     with open(paths.flags) as file:
       return file.read()
-  config = settings_lib.load(run_dir)
+  config = run["config"]
   defaults = {field.name: field.default for field in dataclasses.fields(config)}
   return "\n".join(f"--{name}={value}" for name, value in dataclasses.asdict(config).items()
                    if value != defaults.get(name) and name not in ("exclude",)) + "\n"
@@ -237,7 +237,7 @@ def experiment_section(name: str, seeds: dict) -> str:
   first = seeds[sorted(seeds)[0]]
   paths = run_paths.RunPaths(first["dir"])
   parts = [f'<h2 id="{html.escape(name)}">{html.escape(name)}</h2>']
-  parts.append("<pre>" + html.escape(_flags(first["dir"])) + "</pre>")
+  parts.append("<pre>" + html.escape(_flags(first)) + "</pre>")
   parts.append(_image(curves_png(seeds), f"{name}: learning curves"))
   for picture, what in (("confusion.png", "confusion matrix"), ("per_class.png", "per-class F1"),
                         ("errors.png", "most confident errors")):
@@ -302,9 +302,8 @@ def provenance_section(experiments: dict) -> str:
       metrics = run["metrics"]
       finished = datetime.datetime.fromtimestamp(
           os.path.getmtime(run_paths.RunPaths(run["dir"]).metrics), datetime.timezone.utc)
-      config = settings_lib.load(run["dir"])
       rows.append([f"{name} {seed}", metrics.get("precision", "float32 (before it was "
-                                                 "recorded)"), config.strategy,
+                                                 "recorded)"), run["config"].strategy,
                    str(metrics.get("dataset_fingerprint", ""))[:16],
                    finished.strftime("%Y-%m-%d %H:%M UTC"),
                    f"python -m trainers.main --flagfile={run_paths.RunPaths(run['dir']).flags}"])

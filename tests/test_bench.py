@@ -160,3 +160,12 @@ def test_a_json_that_is_not_ours_is_refused_and_kept(tmp_path, tool, flags):
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 1 and "is not a figures file of ours" in result.stderr
   assert "Traceback" not in result.stderr and mine.read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize("flag, says", [("--passes=0", "--passes takes 1 or more"),
+                                        ("--threads=0", "--threads takes thread counts")])
+def test_bench_input_refuses_a_wrong_count_in_one_line(flag, says):
+  result = subprocess.run([sys.executable, "-m", "tools.bench_input", "--manual_dir=M",
+                           "--data_dir=D", flag], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 1 and says in result.stderr and "Traceback" not in result.stderr

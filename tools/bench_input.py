@@ -304,6 +304,8 @@ def main(argv):
     threads = tuple(int(count) for count in _FLAGS.threads)
   except ValueError:
     threads = (0,)
+  if _FLAGS.passes < 1:
+    sys.exit(f"bench_input: --passes takes 1 or more timed passes, got {_FLAGS.passes}.")
   if any(count < 1 for count in threads):
     sys.exit(f"bench_input: --threads takes thread counts of 1 or more, got "
              f"{','.join(_FLAGS.threads)}.")

@@ -32,7 +32,7 @@ def test_bench_input_reports_every_loader(sample_dir, data_dir, tmp_path):
               "pipeline/160px", "pipeline/full", "pipeline_cached/160px",
               "pipeline_cached/full", "decode_ceiling/160px/1_threads", "pipeline/full/1_threads",
               "pipeline_later/160px", "pipeline_later/full",
-              "stage/160px/read_parse", "stage/full/decode_shuffled_float",
+              "stage/160px/read_parse", "stage/full/decode_shuffled_batches_float32",
               "stage/160px/decode_shuffled_batches", "stage/full/ceiling_batches"):
     assert figures[key] > 0, key
     spread = figures["spread"][key]

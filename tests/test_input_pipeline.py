@@ -14,6 +14,7 @@ from trainers.data import input_pipeline
 from trainers.data import dataset as dataset_lib
 from trainers.data import records as records_lib
 from trainers.data import split_plan
+from trainers.modeling import models
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def test_images_and_labels_match_their_files(builder):
              for label, name in zip(labels, names))
   plan = split_plan.EvalPlan(len(labels), batch_size=8)
   batch = next(iter(input_pipeline.eval_batches(records, plan, image_size=64)))
-  assert batch[0].shape == (8, 64, 64, 3) and batch[0].dtype == tf.float32
+  assert batch[0].shape == (8, 64, 64, 3) and batch[0].dtype == tf.uint8
   np.testing.assert_array_equal(batch[1].numpy(), labels[:8])
 
 
@@ -110,14 +111,35 @@ def test_a_batch_decodes_exactly_as_its_images_one_by_one(builder):
   encoded = [record["image"] for record in records_lib.records(builder, "train").take(16)]
   one_by_one = np.stack([input_pipeline.decode_and_resize(data, 40, "crop").numpy()
                          for data in encoded])
-  batch = input_pipeline.decode_batch(tf.stack(encoded), 40, "crop", tf.float32)
-  assert batch.dtype == tf.float32 and batch.shape == (16, 40, 40, 3)
-  np.testing.assert_array_equal(batch.numpy(), one_by_one.astype(np.float32))
+  batch = input_pipeline.decode_batch(tf.stack(encoded), 40, "crop")
+  assert batch.dtype == tf.uint8 and batch.shape == (16, 40, 40, 3)
+  np.testing.assert_array_equal(batch.numpy(), one_by_one)
   stream = input_pipeline.TrainingStream(batch_size=8, steps_per_epoch=2, epochs=1,
                                          image_size=40)
   images, labels = next(iter(input_pipeline.training_batches(
       records_lib.records(builder, "train"), stream)))
-  assert images.dtype == tf.float32 and images.shape == (8, 40, 40, 3) and labels.shape == (8,)
+  assert images.dtype == tf.uint8 and images.shape == (8, 40, 40, 3) and labels.shape == (8,)
+
+
+def test_the_model_takes_uint8_batches_as_their_float32_values(builder):
+  """The streams hand uint8 images over; the model casts them at its input, so it
+  computes exactly what it would on float32 pixels (training step included)."""
+  stream = input_pipeline.TrainingStream(batch_size=8, steps_per_epoch=1, epochs=1,
+                                         image_size=40, seed=3)
+  images, labels = next(iter(input_pipeline.training_batches(
+      records_lib.records(builder, "train"), stream)))
+  as_float = tf.cast(images, tf.float32)
+  model = models.build_model("cnn2", 40, seed=0)
+  np.testing.assert_array_equal(model(images).numpy(), model(as_float).numpy())
+  model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+  weights = model.get_weights()
+  after = []
+  for batch in (images, as_float):
+    model.set_weights(weights)
+    model.train_on_batch(batch, labels)
+    after.append(model.get_weights())
+  for from_uint8, from_float in zip(*after):
+    np.testing.assert_array_equal(from_uint8, from_float)
 
 
 def test_the_shuffle_buffer_holds_at_most_one_pass(builder):

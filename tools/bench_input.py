@@ -20,9 +20,9 @@ The loaders and the ceiling read --limit images; the pipeline a whole epoch.
 `--threads=1,2` also times the ceiling and the pipeline of every config with
 tf.data's private thread pool of that size (and one thread inside each op), and
 reports images/second per core: what one host core feeds. `--stages` also times
-the pipeline cut after each of its stages. The machine (CPU, its
-AVX-512/AVX512_BF16/AMX flags, cores, TensorFlow, the policy --precision=auto
-picks here) is printed and written with the figures.
+the pipeline cut after each of its stages (and its decode as it was, casting to
+float32). The machine (CPU, its AVX-512/AVX512_BF16/AMX flags, cores, TensorFlow,
+the policy --precision=auto picks here) is printed and written with the figures.
 """
 
 import os
@@ -194,30 +194,34 @@ def pipeline_later(config, data_dir, image_size, batch_size):
 def stages(config, data_dir, image_size, batch_size, limit) -> dict:
   """{name: run} of the pipeline's first epoch cut after each stage, to see where its
   time goes: reading and parsing alone, then decoding image by image in record order
-  (no shuffle), then the same after the shuffle, as float32 (the pipeline before it
-  decoded a batch at a time), then the pipeline's own decode of whole batches without
-  the rest of it; and the ceiling decoded a batch at a time (the whole pipeline is
-  `pipeline/<config>`)."""
+  (no shuffle), then the same after the shuffle, then the pipeline's own decode of
+  whole batches without the rest of it, and that decode casting each image to float32
+  (the pipeline until it handed uint8 batches to the model); and the ceiling decoded a
+  batch at a time (the whole pipeline is `pipeline/<config>`)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   input_pipeline, builder, records = _split(config, data_dir)
   shuffled = records.shuffle(_stream(builder, image_size, batch_size).shuffle_buffer(), seed=0)
 
-  def decoded(dataset, dtype=tf.uint8):
+  def decoded(dataset):
     return _unordered(dataset.map(
-        lambda record: tf.cast(input_pipeline.decode_and_resize(record["image"], image_size,
-                                                                "crop"), dtype),
+        lambda record: input_pipeline.decode_and_resize(record["image"], image_size, "crop"),
         num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size))
 
-  def batch_decoded(batches):
-    return _unordered(batches.map(
-        lambda data: input_pipeline.decode_batch(data, image_size, "crop", tf.float32),
-        num_parallel_calls=tf.data.AUTOTUNE))
+  def batch_decoded(batches, decode=input_pipeline.decode_batch):
+    return _unordered(batches.map(lambda data: decode(data, image_size, "crop"),
+                                  num_parallel_calls=tf.data.AUTOTUNE))
+
+  def float_decode(data, size, resize):
+    return tf.map_fn(lambda one: tf.cast(input_pipeline.decode_and_resize(one, size, resize),
+                                         tf.float32), data,
+                     parallel_iterations=input_pipeline.PARALLEL_DECODES,
+                     fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+  shuffled_images = shuffled.map(lambda record: record["image"]).batch(batch_size)
   chosen = {"read_parse": _unordered(records.map(lambda record: record["image"]).batch(
                 batch_size)),
             "decode_in_order": decoded(records), "decode_shuffled": decoded(shuffled),
-            "decode_shuffled_float": decoded(shuffled, tf.float32),
-            "decode_shuffled_batches": batch_decoded(
-                shuffled.map(lambda record: record["image"]).batch(batch_size)),
+            "decode_shuffled_batches": batch_decoded(shuffled_images),
+            "decode_shuffled_batches_float32": batch_decoded(shuffled_images, float_decode),
             "ceiling_batches": batch_decoded(_in_memory(records, builder, limit).batch(
                 batch_size))}
   return {f"stage/{config}/{name}": (lambda dataset=dataset: _count(
@@ -292,7 +296,7 @@ def _define_flags():
   flags.DEFINE_list("threads", [], "Also time the ceiling and the pipeline on tf.data pools "
                     "of these sizes (e.g. 1,2) and report images/second per core.")
   flags.DEFINE_bool("stages", False, "Also time the pipeline cut after each stage (read and "
-                    "parse, decode, shuffle, float cast): where its time goes.")
+                    "parse, decode, shuffle, batch decode): where its time goes.")
   flags.DEFINE_string("json", None, "Write the figures here.")
 
 

@@ -5,6 +5,13 @@ planned them; here they are shuffled still encoded with a seed per epoch, batche
 decoded a batch at a time straight to the target size with the cheapest exact JPEG
 path (evaluation: image by image, padded to full batches) and prefetched. Nothing
 here knows about flags or models; nothing is loaded into NumPy.
+
+Image batches leave as uint8 (MixUp/CutMix batches as float32, their pixels being
+blends): the model casts them to float32 at its input (a Functional model converts
+its inputs to its `keras.Input`'s dtype), on the accelerator when there is one. A
+float32 batch is four times the bytes to copy between tf.data's stages and to the
+device: casting here cost the first epoch 5-10 % of its throughput
+(tools.bench_input, docs/performance.md).
 """
 
 import dataclasses
@@ -105,45 +112,28 @@ def _resized(image: tf.Tensor, image_size: int) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def images(dataset: tf.data.Dataset, image_size: int, resize: str,
-           dtype: tf.DType = tf.uint8) -> tf.data.Dataset:
-  """(image, label) pairs from `records(...)`: uint8, or float32 in [0, 255] when a
-  stream hands its images to the model as they are decoded (see `_float_batches`)."""
+def images(dataset: tf.data.Dataset, image_size: int, resize: str) -> tf.data.Dataset:
+  """(uint8 image, label) pairs from `records(...)`."""
   return dataset.map(
-      lambda record: (tf.cast(decode_and_resize(record["image"], image_size, resize), dtype),
+      lambda record: (decode_and_resize(record["image"], image_size, resize),
                       record["label"]), num_parallel_calls=AUTOTUNE)
 
 
 # Images of one batch a decode_batch map decodes at a time.
-_PARALLEL_DECODES = 16
+PARALLEL_DECODES = 16
 
 
-def decode_batch(image_bytes: tf.Tensor, image_size: int, resize: str,
-                 dtype: tf.DType = tf.uint8) -> tf.Tensor:
-  """`decode_and_resize` of a batch of encoded JPEGs, in order, as one map's element.
+def decode_batch(image_bytes: tf.Tensor, image_size: int, resize: str) -> tf.Tensor:
+  """`decode_and_resize` of a batch of encoded JPEGs, in order, as one map's element
+  (uint8 [batch, image_size, image_size, 3]).
 
   The training stream decodes after batching: one map call per batch instead of one
   per image spares tf.data a hand-off per image, which took 6-9 % of a first epoch
   from the two cores that decode (tools.bench_input, docs/performance.md).
   """
-  return tf.map_fn(lambda data: tf.cast(decode_and_resize(data, image_size, resize), dtype),
-                   image_bytes, parallel_iterations=_PARALLEL_DECODES,
-                   fn_output_signature=tf.TensorSpec([image_size, image_size, 3], dtype))
-
-
-def _float_batches(batches: tf.data.Dataset, parallel: bool) -> tf.data.Dataset:
-  """Batches whose inputs are float32: a cast of a whole batch where they are not.
-
-  Decoded images become float32 in the decode itself, each cast by the thread that
-  decoded it; a separate map over whole batches cost the 160px epoch 11 %
-  (tools.bench_input --stages, docs/performance.md). Cached uint8 images (a quarter of
-  the memory) and cached activations are cast here.
-  """
-  if all(spec.dtype == tf.float32 for spec in tf.nest.flatten(batches.element_spec[0])):
-    return batches
-  def to_float(inputs, *rest):
-    return (tf.nest.map_structure(lambda tensor: tf.cast(tensor, tf.float32), inputs), *rest)
-  return batches.map(to_float, num_parallel_calls=AUTOTUNE if parallel else None)
+  return tf.map_fn(lambda data: decode_and_resize(data, image_size, resize),
+                   image_bytes, parallel_iterations=PARALLEL_DECODES,
+                   fn_output_signature=tf.TensorSpec([image_size, image_size, 3], tf.uint8))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +211,8 @@ def training_batches(records: tf.data.Dataset, stream: TrainingStream) -> tf.dat
     stream: batching, shuffling and decoding settings.
 
   Returns:
-    A dataset of (float32 image batch in [0, 255], label batch[, weight batch]).
+    A dataset of (uint8 image batch, label batch[, weight batch]); with MixUp or
+    CutMix, float32 images in [0, 255] and label distributions.
   """
   return _training(records, stream, decode=True)
 
@@ -254,7 +245,7 @@ def _training(elements: tf.data.Dataset, stream: TrainingStream, decode: bool,
   batches = batches.take(max(0, stream.epochs - stream.first_epoch) * stream.steps_per_epoch)
   if not stream.cache_decoded and decode:
     batches = batches.map(lambda records: (
-        decode_batch(records["image"], stream.image_size, stream.resize, tf.float32),
+        decode_batch(records["image"], stream.image_size, stream.resize),
         records["label"]), num_parallel_calls=AUTOTUNE)
   if lookup is not None:
     batches = batches.map(lambda indices, label: (lookup(indices), label))
@@ -265,7 +256,7 @@ def _training(elements: tf.data.Dataset, stream: TrainingStream, decode: bool,
     batches = _mixed(batches, stream)
   if stream.replica_batch_size and stream.replica_batch_size != stream.batch_size:
     batches = batches.rebatch(stream.replica_batch_size, drop_remainder=True)
-  return _finish(_float_batches(batches, parallel=True), stream.deterministic)
+  return _finish(batches, stream.deterministic)
 
 
 # Seed-generator draws a batch may use: each batch's draws start at its index
@@ -330,13 +321,12 @@ def eval_batches(records: tf.data.Dataset, plan: split_plan.EvalPlan, *, image_s
       (`distribute_datasets_from_function`); default this worker's batch.
 
   Returns:
-    (float32 inputs, label, weight) batches: `plan.steps` batches of this
+    (uint8 images, label, weight) batches: `plan.steps` batches of this
     worker's records then padding; the first `plan.share(worker)` examples in
     order are the records (every worker runs the same number of batches).
   """
-  if cache_decoded:
-    return _padded(images(records, image_size, resize).cache(), plan, replica_batch_size)
-  return _padded(images(records, image_size, resize, tf.float32), plan, replica_batch_size)
+  decoded = images(records, image_size, resize)
+  return _padded(decoded.cache() if cache_decoded else decoded, plan, replica_batch_size)
 
 
 def feature_eval_batches(indexed: tf.data.Dataset, lookup: Callable,
@@ -360,7 +350,7 @@ def _padded(elements: tf.data.Dataset, plan: split_plan.EvalPlan,
       replica_batch_size or plan.worker_batch, drop_remainder=True)
   if lookup is not None:
     batches = batches.map(lambda indices, label, weights: (lookup(indices), label, weights))
-  return _finish(_float_batches(batches, parallel=False), deterministic=True)
+  return _finish(batches, deterministic=True)
 
 
 def stream_options(deterministic: bool) -> tf.data.Options:
